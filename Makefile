@@ -1,0 +1,28 @@
+# One command each: `make demo` runs the main job, `make test` the test suite.
+# Both create/reuse a virtualenv outside the checkout (override with VENV=...) and install `.[dev]` into it.
+VENV ?= $(HOME)/.cache/itergen_ns/venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.itergen-deps-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: install test demo lint bench
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/itergen demo
+
+lint: install
+	$(VENV)/bin/ruff check itergen_ns tests scripts
+
+bench: install
+	$(PY) scripts/bench_rasterizer.py

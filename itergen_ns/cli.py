@@ -1,0 +1,63 @@
+"""`itergen` command: one obvious way to run each job of the project.
+
+Each subcommand is a tyro dataclass config with a ``main()`` method; its module is imported only when that
+subcommand runs, so `itergen --help` stays fast and one job's heavy imports don't slow the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Dict, Optional, Sequence, Tuple
+
+import tyro
+
+# name -> (module, config class, one-line help)
+SUBCOMMANDS: Dict[str, Tuple[str, str, str]] = {
+    "demo": ("itergen_ns.eval.demo", "DemoConfig", "the whole loop on the embedded procedural category (CPU)"),
+    "make-scenes": ("itergen_ns.data.scenes", "MakeScenesConfig", "write procedural object scenes (nerfstudio format)"),
+    "train-baseline": (
+        "itergen_ns.eval.baseline",
+        "TrainBaselineConfig",
+        "train itergen-splatfacto from N views of one scene, print held-out PSNR/SSIM",
+    ),
+    "export-snapshots": (
+        "itergen_ns.snapshots.exporter",
+        "ExportSnapshotsConfig",
+        "run splatfacto from few views per scene, save renders every N steps (diffusion training data)",
+    ),
+    "snapshots-summary": ("itergen_ns.snapshots.exporter", "SummaryConfig", "list snapshot shards, scenes, bytes"),
+    "train-diffusion": ("itergen_ns.diffusion.train", "TrainDiffusionConfig", "train the render-conditioned diffusion model"),
+    "eval": ("itergen_ns.eval.harness", "EvalConfig", "train methods from 1/6 views, render all frames, metric tables"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in SUBCOMMANDS)
+    lines = ["usage: itergen COMMAND [--help] [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"itergen: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, class_name, help_ = SUBCOMMANDS[name]
+    config_cls = getattr(importlib.import_module(module_name), class_name)
+    config = tyro.cli(config_cls, args=rest, prog=f"itergen {name}", description=help_)
+    result = config.main()
+    return int(result) if isinstance(result, int) else 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

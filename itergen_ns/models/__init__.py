@@ -1,0 +1,1 @@
+"""itergen_ns.models"""
