@@ -1,0 +1,327 @@
+"""Procedural stand-in for CO3D hydrant: writes nerfstudio-format scene folders of hydrant-like objects.
+
+Each scene ``out_dir/scene_XXXX/`` holds ``transforms.json`` (OPENCV camera model, zero distortion, OpenGL
+c2w per frame), ``images/frame_XXXXX.png`` and ``masks/frame_XXXXX.png`` (255 = object). ``out_dir/scenes.json``
+lists the scenes, their seeds and their train/heldout role. Ground truth comes from an analytic ray caster
+(``itergen_ns.data.procedural.raycast``), so the same seed always gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from itergen_ns.data.procedural.environment import Environment, sample_environment
+from itergen_ns.data.procedural.hydrant import HydrantObject, sample_hydrant
+from itergen_ns.data.procedural.noise import ValueNoise
+from itergen_ns.data.procedural.orbit import sample_orbit
+from itergen_ns.data.procedural.raycast import render_views
+
+GENERATOR = "itergen-procedural-hydrant-v1"
+INDEX_NAME = "scenes.json"
+
+FrameCount = Union[int, Tuple[int, int], Sequence[int]]
+Resolution = Union[int, Tuple[int, int], Sequence[int]]
+
+
+def scene_seed(seed: int, index: int) -> int:
+    """Seed of scene ``index`` of a collection: independent of how many scenes the collection has."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def _frame_count(rng: np.random.Generator, num_frames: FrameCount) -> int:
+    if isinstance(num_frames, (int, np.integer)):
+        lo = hi = int(num_frames)
+    else:
+        lo, hi = (int(v) for v in num_frames)
+    if lo < 1 or hi < lo:
+        raise ValueError(f"num_frames must be a positive int or a (min, max) range with min <= max, got {num_frames}")
+    return lo if lo == hi else int(rng.integers(lo, hi + 1))
+
+
+def _image_size(resolution: Resolution) -> Tuple[int, int]:
+    if isinstance(resolution, (int, np.integer)):
+        w = h = int(resolution)
+    else:
+        w, h = (int(v) for v in resolution)
+    if w < 8 or h < 8:
+        raise ValueError(f"resolution must be at least 8x8 pixels (width, height), got {resolution}")
+    return w, h
+
+
+@dataclass
+class ProceduralScene:
+    """One sampled scene: object, surroundings, pinhole intrinsics and the capture trajectory."""
+
+    seed: int
+    obj: HydrantObject
+    env: Environment
+    c2w: np.ndarray
+    """[N, 3, 4] OpenGL camera-to-world, world z up, object base on z = 0."""
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.c2w.shape[0])
+
+    def render(
+        self,
+        c2w: Optional[np.ndarray] = None,
+        supersample: int = 2,
+        shadows: bool = True,
+        show_object: bool = True,
+        num_threads: Optional[int] = 1,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Images [N, H, W, 3] uint8 and masks [N, H, W] bool at ``c2w`` (default: the capture's own frames)."""
+        poses = self.c2w if c2w is None else np.asarray(c2w, dtype=np.float64).reshape(-1, 3, 4)
+        return render_views(
+            self.obj,
+            self.env,
+            torch.from_numpy(poses),
+            self.fx,
+            self.fy,
+            self.cx,
+            self.cy,
+            self.width,
+            self.height,
+            supersample,
+            shadows,
+            show_object,
+            num_threads=num_threads,
+        )
+
+
+def sample_scene(
+    seed: int,
+    num_frames: FrameCount = (30, 100),
+    resolution: Resolution = 64,
+    fov_deg: Tuple[float, float] = (40.0, 55.0),
+    fill: Tuple[float, float] = (0.6, 0.85),
+    look_jitter: float = 0.02,
+) -> ProceduralScene:
+    """Draw a scene from ``seed``.
+
+    The vertical field of view is drawn from ``fov_deg``; the camera distance makes the object's bounding
+    sphere span a ``fill`` fraction of the smaller image side. ``look_jitter`` (world units, object ~1 tall)
+    is how far the cameras' aim wanders around the object centre.
+    """
+    width, height = _image_size(resolution)
+    rng = np.random.default_rng(int(seed))
+    noise = ValueNoise(rng)
+    obj = sample_hydrant(rng, noise)
+    n = _frame_count(rng, num_frames)
+    half_fov = math.radians(rng.uniform(*fov_deg)) / 2
+    focal = 0.5 * min(width, height) / math.tan(half_fov)
+    angular_radius = math.atan(rng.uniform(*fill) * math.tan(half_fov))
+    distance = obj.radius / math.sin(angular_radius)
+    env = sample_environment(rng, noise, distance)
+    c2w = sample_orbit(rng, n, obj.center, distance, look_jitter=look_jitter)
+    c2w = np.round(c2w, 9)  # what transforms.json stores is exactly what was rendered
+    return ProceduralScene(int(seed), obj, env, c2w, focal, focal, width / 2.0, height / 2.0, width, height)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def transforms_dict(scene: ProceduralScene) -> Dict[str, Any]:
+    """nerfstudio transforms.json content of ``scene`` (plus an ``itergen_scene`` block nerfstudio ignores)."""
+    frames = []
+    for i, pose in enumerate(scene.c2w):
+        mat = np.concatenate([pose, np.array([[0.0, 0.0, 0.0, 1.0]])], 0)
+        frames.append(
+            {
+                "file_path": f"images/frame_{i:05d}.png",
+                "mask_path": f"masks/frame_{i:05d}.png",
+                "transform_matrix": [[float(v) for v in row] for row in mat],
+            }
+        )
+    return {
+        "camera_model": "OPENCV",
+        "fl_x": scene.fx,
+        "fl_y": scene.fy,
+        "cx": scene.cx,
+        "cy": scene.cy,
+        "w": scene.width,
+        "h": scene.height,
+        "k1": 0.0,
+        "k2": 0.0,
+        "p1": 0.0,
+        "p2": 0.0,
+        "frames": frames,
+        "itergen_scene": {
+            "generator": GENERATOR,
+            "seed": scene.seed,
+            "up": [0.0, 0.0, 1.0],
+            "object_center": [float(v) for v in scene.obj.center],
+            "object_radius": scene.obj.radius,
+            "object_height": scene.obj.height,
+        },
+    }
+
+
+def write_scene(
+    scene: ProceduralScene,
+    scene_dir: Path,
+    supersample: int = 2,
+    shadows: bool = True,
+    num_threads: Optional[int] = 1,
+) -> None:
+    """Render ``scene`` and write its folder; every file goes to a temp name first, then ``os.replace``."""
+    scene_dir = Path(scene_dir)
+    (scene_dir / "images").mkdir(parents=True, exist_ok=True)
+    (scene_dir / "masks").mkdir(parents=True, exist_ok=True)
+    images, masks = scene.render(supersample=supersample, shadows=shadows, num_threads=num_threads)
+    meta = transforms_dict(scene)
+    for frame, image, mask in zip(meta["frames"], images, masks):
+        _atomic_write_bytes(scene_dir / frame["file_path"], _png_bytes(image))
+        _atomic_write_bytes(scene_dir / frame["mask_path"], _png_bytes(mask.astype(np.uint8) * 255))
+    _atomic_write_bytes(scene_dir / "transforms.json", (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def make_scenes(
+    out_dir: Union[str, Path],
+    num_scenes: int,
+    seed: int = 0,
+    num_frames: FrameCount = (30, 100),
+    resolution: Resolution = 64,
+    supersample: int = 2,
+    shadows: bool = True,
+    num_heldout: int = 0,
+    look_jitter: float = 0.02,
+    num_threads: Optional[int] = 1,
+    on_scene_done: Optional[Callable[[int, Path], None]] = None,
+) -> Dict[str, Any]:
+    """Write ``num_scenes`` scene folders and ``scenes.json`` under ``out_dir``; return the index.
+
+    ``num_frames``: a fixed count or an inclusive (min, max) range drawn per scene. ``resolution``: an int
+    (square) or (width, height). The last ``num_heldout`` scenes are marked ``"heldout"`` (evaluation), the
+    rest ``"train"``. Scene i depends only on (seed, i), so a bigger collection extends a smaller one.
+    ``num_threads``: torch threads while rendering (see ``render_views``).
+    """
+    if num_scenes < 1:
+        raise ValueError(f"make_scenes: num_scenes must be >= 1, got {num_scenes}")
+    if not 0 <= num_heldout <= num_scenes:
+        raise ValueError(f"make_scenes: num_heldout must be in [0, {num_scenes}], got {num_heldout}")
+    width, height = _image_size(resolution)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries: List[Dict[str, Any]] = []
+    for i in range(num_scenes):
+        s = scene_seed(seed, i)
+        scene = sample_scene(s, num_frames, (width, height), look_jitter=look_jitter)
+        name = f"scene_{i:04d}"
+        write_scene(scene, out / name, supersample, shadows, num_threads)
+        entries.append(
+            {
+                "name": name,
+                "seed": s,
+                "num_frames": scene.num_frames,
+                "split": "heldout" if i >= num_scenes - num_heldout else "train",
+            }
+        )
+        if on_scene_done is not None:
+            on_scene_done(i, out / name)
+    index = {
+        "generator": GENERATOR,
+        "seed": int(seed),
+        "image_size": [width, height],
+        "supersample": supersample,
+        "shadows": shadows,
+        "scenes": entries,
+    }
+    _atomic_write_bytes(out / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
+    return index
+
+
+def load_scene_index(out_dir: Union[str, Path]) -> Dict[str, Any]:
+    """Read and check ``out_dir/scenes.json``; each entry gets a ``path`` to its scene folder."""
+    path = Path(out_dir) / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: scene index not found (generate it with `itergen make-scenes`)")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(index, dict) or not isinstance(index.get("scenes"), list):
+        raise ValueError(f"{path}: expected an object with a 'scenes' list")
+    for k, entry in enumerate(index["scenes"]):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ValueError(f"{path}: scenes[{k}] must be an object with a 'name'")
+        entry["path"] = Path(out_dir) / entry["name"]
+    return index
+
+
+@dataclass
+class MakeScenesConfig:
+    """Generate the procedural hydrant-like category: nerfstudio-format scene folders plus scenes.json."""
+
+    out_dir: Path = Path("data/itergen-hydrant")
+    """Where the scene folders and scenes.json go."""
+    num_scenes: int = 10
+    """How many scenes (object instances with their own capture)."""
+    num_heldout: int = 2
+    """The last this many scenes are marked 'heldout' (evaluation), the rest 'train'."""
+    seed: int = 0
+    """Collection seed; scene i depends only on (seed, i)."""
+    num_frames: Tuple[int, int] = (30, 100)
+    """Inclusive range of frames per capture (equal bounds for a fixed count)."""
+    image_size: Tuple[int, int] = (64, 64)
+    """Image width and height in pixels."""
+    supersample: int = 2
+    """Sub-pixel rays per pixel side (anti-aliasing)."""
+    shadows: bool = True
+    """Soft shadows of the object (on itself and on the ground)."""
+    look_jitter: float = 0.02
+    """How far the cameras' aim wanders around the object centre (object is ~1 unit tall)."""
+    num_threads: int = 1
+    """torch intra-op threads while rendering (0: leave torch's setting)."""
+
+    def main(self) -> None:
+        """Generate the scenes with a progress bar."""
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console()
+        with Progress(
+            TextColumn("[bold]make-scenes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
+            task = progress.add_task("scenes", total=self.num_scenes)
+            index = make_scenes(
+                self.out_dir,
+                self.num_scenes,
+                self.seed,
+                self.num_frames,
+                self.image_size,
+                self.supersample,
+                self.shadows,
+                self.num_heldout,
+                self.look_jitter,
+                self.num_threads or None,
+                on_scene_done=lambda i, p: progress.advance(task),
+            )
+        frames = sum(e["num_frames"] for e in index["scenes"])
+        console.print(f"Wrote {len(index['scenes'])} scenes ({frames} frames) to {self.out_dir / INDEX_NAME}")

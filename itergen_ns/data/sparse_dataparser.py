@@ -1,0 +1,118 @@
+"""nerfstudio-format scenes in the sparse-view setting: train = N chosen input views, val/test = the other frames.
+
+Orientation, centring and scale are computed once from *all* frames (nerfstudio's parser with
+``eval_mode="all"``) and the splits are sub-selections of that result, so every split lives in the same
+coordinate frame whatever N is. Frame indices are positions in nerfstudio's sorted frame list.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import List, Literal, Optional, Type
+
+import torch
+
+from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataparserOutputs
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
+
+from itergen_ns.data.splits import SparseSplitConfig, select_input_views
+
+
+@dataclass
+class SparseNerfstudioDataParserConfig(NerfstudioDataParserConfig, SparseSplitConfig):
+    """nerfstudio dataparser whose train split is the sparse input views and whose eval split is the rest."""
+
+    _target: Type = field(default_factory=lambda: SparseNerfstudio)
+    eval_mode: Literal["fraction", "filename", "interval", "all"] = "all"
+    """Ignored: the split comes from num_input_views / input_view_seed / input_views."""
+    use_masks: bool = False
+    """Pass the frames' mask_path files on (nerfstudio then ignores pixels outside the masks in the loss)."""
+
+
+def check_transforms(data: Path) -> Path:
+    """Validate a nerfstudio dataset before parsing; return the transforms.json path.
+
+    Raises FileNotFoundError for a missing transforms.json / image / mask file and ValueError for malformed
+    JSON or frames, naming the file and field at fault.
+    """
+    path = data if data.suffix == ".json" else data / "transforms.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: transforms.json not found (expected a nerfstudio-format scene folder)")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    frames = meta.get("frames") if isinstance(meta, dict) else None
+    if not isinstance(frames, list) or not frames:
+        raise ValueError(f"{path}: expected a non-empty 'frames' list")
+    for key in ("train_filenames", "val_filenames", "test_filenames"):
+        if key in meta:
+            raise ValueError(f"{path}: '{key}' fixes the split, but the sparse-view parser chooses it; remove it")
+    root = path.parent
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
+            raise ValueError(f"{path}: frames[{i}] needs 'file_path' and 'transform_matrix'")
+        mat = frame["transform_matrix"]
+        if not (isinstance(mat, list) and len(mat) in (3, 4) and all(isinstance(r, list) and len(r) == 4 for r in mat)):
+            raise ValueError(f"{path}: frames[{i}].transform_matrix must be a 4x4 (or 3x4) nested list")
+        for key in ("file_path", "mask_path"):
+            if key in frame and not (root / frame[key]).is_file():
+                raise FileNotFoundError(f"{root / frame[key]}: file of frames[{i}].{key} in {path} not found")
+    return path
+
+
+@dataclass
+class SparseNerfstudio(DataParser):
+    """Sparse-view split of a nerfstudio dataset (see module docstring)."""
+
+    config: SparseNerfstudioDataParserConfig
+
+    def __init__(self, config: SparseNerfstudioDataParserConfig):
+        super().__init__(config=config)
+        self._full: Optional[DataparserOutputs] = None
+
+    def full_outputs(self) -> DataparserOutputs:
+        """All frames, oriented/centred/scaled once (cached)."""
+        if self._full is None:
+            check_transforms(self.config.data)
+            full_config = replace(self.config, eval_mode="all", _target=Nerfstudio)
+            self._full = Nerfstudio(full_config).get_dataparser_outputs(split="train")
+        return self._full
+
+    def split_indices(self) -> tuple[List[int], List[int]]:
+        """(input_view_indices, eval_view_indices) for the configured split."""
+        num = len(self.full_outputs().image_filenames)
+        return select_input_views(
+            num, self.config.num_input_views, self.config.input_view_seed, self.config.input_views
+        )
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"Unknown dataparser split {split!r}; expected 'train', 'val' or 'test'")
+        full = self.full_outputs()
+        train_idx, eval_idx = self.split_indices()
+        indices = train_idx if split == "train" else eval_idx
+        sel = torch.tensor(indices, dtype=torch.long)
+        masks = full.mask_filenames if self.config.use_masks else None
+        metadata = dict(full.metadata)
+        if metadata.get("depth_filenames"):
+            metadata["depth_filenames"] = [metadata["depth_filenames"][i] for i in indices]
+        metadata.update(
+            input_view_indices=list(train_idx),
+            eval_view_indices=list(eval_idx),
+            split_indices=list(indices),
+            num_frames=len(full.image_filenames),
+            all_image_filenames=list(full.image_filenames),
+        )
+        return DataparserOutputs(
+            image_filenames=[full.image_filenames[i] for i in indices],
+            cameras=full.cameras[sel],
+            alpha_color=full.alpha_color,
+            scene_box=full.scene_box,
+            mask_filenames=[masks[i] for i in indices] if masks else None,
+            dataparser_scale=full.dataparser_scale,
+            dataparser_transform=full.dataparser_transform,
+            metadata=metadata,
+        )

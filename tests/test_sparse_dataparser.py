@@ -1,0 +1,169 @@
+"""Tests of the sparse-view nerfstudio dataparser (itergen_ns.data.sparse_dataparser)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from itergen_ns.data.camera_utils import look_at
+from itergen_ns.data.sparse_dataparser import SparseNerfstudio, SparseNerfstudioDataParserConfig
+
+NUM = 20
+
+
+def write_dataset(root: Path, num: int = NUM, seed: int = 0) -> Path:
+    """A tiny nerfstudio dataset: ``num`` 8x8 frames on a tilted circle, listed in shuffled order."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    frames = []
+    for i in range(num):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / f"images/frame_{i:05d}.png")
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(root / f"masks/frame_{i:05d}.png")
+        a = 2 * math.pi * i / num
+        eye = torch.tensor([3 * math.cos(a) + 1.0, 3 * math.sin(a) - 2.0, 1.0 + 0.3 * math.sin(3 * a)])
+        c2w = look_at(eye, torch.tensor([1.0, -2.0, 0.2]), torch.tensor([0.0, 0.0, 1.0]))
+        mat = torch.cat([c2w, torch.tensor([[0.0, 0.0, 0.0, 1.0]])]).tolist()
+        frames.append(
+            {"file_path": f"images/frame_{i:05d}.png", "mask_path": f"masks/frame_{i:05d}.png", "transform_matrix": mat}
+        )
+    order = rng.permutation(num)  # nerfstudio sorts by file name; indices refer to that order
+    meta = {
+        "camera_model": "OPENCV",
+        "fl_x": 10.0,
+        "fl_y": 10.0,
+        "cx": 4.0,
+        "cy": 4.0,
+        "w": 8,
+        "h": 8,
+        "frames": [frames[i] for i in order],
+    }
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "scene")
+
+
+def _parse(data: Path, **kwargs):
+    parser = SparseNerfstudioDataParserConfig(data=data, **kwargs).setup()
+    assert isinstance(parser, SparseNerfstudio)
+    return parser.get_dataparser_outputs("train"), parser.get_dataparser_outputs("val"), parser
+
+
+def _frame_ids(outputs) -> list:
+    return [int(p.stem.split("_")[1]) for p in outputs.image_filenames]
+
+
+def test_splits_disjoint_and_cover(dataset: Path) -> None:
+    train, val, _ = _parse(dataset, num_input_views=3, input_view_seed=4, use_masks=True)
+    assert len(train.image_filenames) == 3 and len(val.image_filenames) == NUM - 3
+    assert not set(train.image_filenames) & set(val.image_filenames)
+    assert sorted(_frame_ids(train) + _frame_ids(val)) == list(range(NUM))
+    assert train.metadata["input_view_indices"] == _frame_ids(train)
+    assert val.metadata["eval_view_indices"] == _frame_ids(val) == val.metadata["split_indices"]
+    assert train.cameras.shape == (3,) and val.cameras.shape == (NUM - 3,)
+    # masks follow their images
+    assert [m.stem for m in train.mask_filenames] == [p.stem for p in train.image_filenames]
+    assert [m.parent.name for m in val.mask_filenames] == ["masks"] * (NUM - 3)
+
+
+def test_split_is_deterministic_from_seed(dataset: Path) -> None:
+    a = _frame_ids(_parse(dataset, num_input_views=4, input_view_seed=1)[0])
+    b = _frame_ids(_parse(dataset, num_input_views=4, input_view_seed=1)[0])
+    assert a == b
+    others = {tuple(_frame_ids(_parse(dataset, num_input_views=4, input_view_seed=s)[0])) for s in range(2, 6)}
+    assert len(others | {tuple(a)}) > 1
+
+
+def test_explicit_input_views(dataset: Path) -> None:
+    train, val, _ = _parse(dataset, num_input_views=1, input_views=(7, 0, 13))
+    assert _frame_ids(train) == [0, 7, 13]
+    assert 7 not in _frame_ids(val) and len(val.image_filenames) == NUM - 3
+    with pytest.raises(ValueError, match="outside"):
+        _parse(dataset, input_views=(0, NUM))
+
+
+def test_zero_views_means_all(dataset: Path) -> None:
+    train, val, _ = _parse(dataset, num_input_views=0)
+    assert _frame_ids(train) == _frame_ids(val) == list(range(NUM))
+
+
+def test_transform_consistent_across_splits_and_n(dataset: Path) -> None:
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    reference = NerfstudioDataParserConfig(data=dataset, eval_mode="all").setup().get_dataparser_outputs("train")
+    ref_c2w = reference.cameras.camera_to_worlds
+    for n in (1, 5):
+        train, val, _ = _parse(dataset, num_input_views=n, input_view_seed=2)
+        for out in (train, val):
+            assert torch.allclose(out.dataparser_transform, reference.dataparser_transform)
+            assert out.dataparser_scale == pytest.approx(reference.dataparser_scale)
+            idx = torch.tensor(out.metadata["split_indices"])
+            assert torch.allclose(out.cameras.camera_to_worlds, ref_c2w[idx])
+    # the scale normalises all frames to the unit box, not just the train ones
+    assert ref_c2w[:, :3, 3].abs().max() == pytest.approx(1.0, abs=1e-5)
+    assert reference.dataparser_scale != pytest.approx(1.0)
+
+
+def test_masks_can_be_turned_off(dataset: Path) -> None:
+    train, val, _ = _parse(dataset, num_input_views=2)  # off by default: full images train and evaluate
+    assert train.mask_filenames is None and val.mask_filenames is None
+
+
+def test_missing_transforms(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="transforms.json"):
+        _parse(tmp_path)
+
+
+def test_corrupt_json(dataset: Path) -> None:
+    (dataset / "transforms.json").write_text('{"frames": [')
+    with pytest.raises(ValueError, match=r"transforms\.json.*not valid JSON"):
+        _parse(dataset)
+
+
+def test_missing_image_and_mask(dataset: Path) -> None:
+    (dataset / "images/frame_00004.png").unlink()
+    with pytest.raises(FileNotFoundError, match="frame_00004.png"):
+        _parse(dataset)
+    write_dataset(dataset.parent / "other")
+    (dataset.parent / "other/masks/frame_00002.png").unlink()
+    _parse(dataset.parent / "other")  # masks are opt-in: a missing mask only matters with use_masks
+    with pytest.raises(FileNotFoundError, match=r"masks/frame_00002\.png.*mask_path"):
+        _parse(dataset.parent / "other", use_masks=True)
+
+
+def test_malformed_frames(dataset: Path) -> None:
+    meta = json.loads((dataset / "transforms.json").read_text())
+    meta["frames"][3]["transform_matrix"] = [[1, 0, 0]]
+    (dataset / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"frames\[3\]\.transform_matrix"):
+        _parse(dataset)
+    (dataset / "transforms.json").write_text(json.dumps({"frames": []}))
+    with pytest.raises(ValueError, match="non-empty 'frames'"):
+        _parse(dataset)
+
+
+def test_unknown_split(dataset: Path) -> None:
+    parser = SparseNerfstudioDataParserConfig(data=dataset).setup()
+    with pytest.raises(ValueError, match="split"):
+        parser.get_dataparser_outputs("holdout")
+
+
+def test_tyro_cli(dataset: Path) -> None:
+    import tyro
+
+    config = tyro.cli(
+        SparseNerfstudioDataParserConfig,
+        args=["--data", str(dataset), "--num-input-views", "2", "--input-views", "3", "1"],
+    )
+    train = config.setup().get_dataparser_outputs("train")
+    assert _frame_ids(train) == [1, 3]
