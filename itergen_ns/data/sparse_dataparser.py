@@ -31,7 +31,7 @@ class SparseNerfstudioDataParserConfig(NerfstudioDataParserConfig, SparseSplitCo
     """Pass the frames' mask_path files on (nerfstudio then ignores pixels outside the masks in the loss)."""
 
 
-def check_transforms(data: Path) -> Path:
+def check_transforms(data: Path, check_masks: bool = True) -> Path:
     """Validate a nerfstudio dataset before parsing; return the transforms.json path.
 
     Raises FileNotFoundError for a missing transforms.json / image / mask file and ValueError for malformed
@@ -57,7 +57,7 @@ def check_transforms(data: Path) -> Path:
         mat = frame["transform_matrix"]
         if not (isinstance(mat, list) and len(mat) in (3, 4) and all(isinstance(r, list) and len(r) == 4 for r in mat)):
             raise ValueError(f"{path}: frames[{i}].transform_matrix must be a 4x4 (or 3x4) nested list")
-        for key in ("file_path", "mask_path"):
+        for key in ("file_path", "mask_path") if check_masks else ("file_path",):
             if key in frame and not (root / frame[key]).is_file():
                 raise FileNotFoundError(f"{root / frame[key]}: file of frames[{i}].{key} in {path} not found")
     return path
@@ -76,7 +76,7 @@ class SparseNerfstudio(DataParser):
     def full_outputs(self) -> DataparserOutputs:
         """All frames, oriented/centred/scaled once (cached)."""
         if self._full is None:
-            check_transforms(self.config.data)
+            check_transforms(self.config.data, check_masks=self.config.use_masks)
             full_config = replace(self.config, eval_mode="all", _target=Nerfstudio)
             self._full = Nerfstudio(full_config).get_dataparser_outputs(split="train")
         return self._full
