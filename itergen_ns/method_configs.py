@@ -13,6 +13,9 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from itergen_ns.data.datamanager import SparseViewDatamanagerConfig
+from itergen_ns.itergen.datamanager import IterGenDataManagerConfig
+from itergen_ns.itergen.pipeline import IterGenPipelineConfig
+from itergen_ns.models.itergen_model import IterGenModelConfig
 from itergen_ns.models.splatfacto import IterGenSplatfactoModelConfig
 
 DEFAULT_STEPS = 5000
@@ -45,9 +48,9 @@ def default_machine() -> MachineConfig:
     return MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def sparse_splatfacto_model() -> IterGenSplatfactoModelConfig:
+def sparse_splatfacto_model(config_cls=IterGenSplatfactoModelConfig) -> IterGenSplatfactoModelConfig:
     """Splatfacto settings for a few small input images: no resolution warm-up, densification over the run."""
-    return IterGenSplatfactoModelConfig(
+    return config_cls(
         num_downscales=0,
         warmup_length=300,
         refine_every=100,
@@ -56,9 +59,9 @@ def sparse_splatfacto_model() -> IterGenSplatfactoModelConfig:
     )
 
 
-itergen_splatfacto = MethodSpecification(
-    config=TrainerConfig(
-        method_name="itergen-splatfacto",
+def trainer_config(method_name: str, pipeline) -> TrainerConfig:
+    return TrainerConfig(
+        method_name=method_name,
         steps_per_eval_image=250,
         steps_per_eval_batch=0,
         steps_per_save=1000,
@@ -66,13 +69,28 @@ itergen_splatfacto = MethodSpecification(
         max_num_iterations=DEFAULT_STEPS,
         mixed_precision=False,
         machine=default_machine(),
-        pipeline=VanillaPipelineConfig(
-            datamanager=SparseViewDatamanagerConfig(),
-            model=sparse_splatfacto_model(),
-        ),
+        pipeline=pipeline,
         optimizers=gaussian_optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
         vis="viewer",
+    )
+
+
+itergen_splatfacto = MethodSpecification(
+    config=trainer_config(
+        "itergen-splatfacto",
+        VanillaPipelineConfig(datamanager=SparseViewDatamanagerConfig(), model=sparse_splatfacto_model()),
     ),
     description="Sparse-view Gaussian splatting baseline (splatfacto from N input views; CPU fallback rasterizer)",
+)
+
+itergen = MethodSpecification(
+    config=trainer_config(
+        "itergen",
+        IterGenPipelineConfig(
+            datamanager=IterGenDataManagerConfig(),
+            model=sparse_splatfacto_model(IterGenModelConfig),
+        ),
+    ),
+    description="IterGen: sparse-view splatting against views sampled by a render-conditioned video diffusion model",
 )

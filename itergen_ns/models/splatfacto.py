@@ -19,7 +19,6 @@ from torch.nn import Parameter
 
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.model_components.lib_bilagrid import BilateralGrid, color_correct
-from nerfstudio.models.base_model import Model
 from nerfstudio.models.splatfacto import (
     RGB2SH,
     SplatfactoModel,
@@ -51,7 +50,8 @@ class IterGenSplatfactoModel(SplatfactoModel):
     config: IterGenSplatfactoModelConfig
 
     def populate_modules(self):
-        Model.populate_modules(self)  # nerfstudio's base: collider etc.; skips splatfacto's eager LPIPS download
+        # Replaces splatfacto's version, whose eager torchmetrics LPIPS downloads weights and whose seed colours
+        # are created with .cuda(); the Gaussians, densification strategy and metrics are otherwise the same.
         self.gauss_params = torch.nn.ParameterDict(self._initial_gaussians())
         self.camera_optimizer = self.config.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
 

@@ -1,0 +1,177 @@
+"""Evaluation report: markdown + JSON + CSV tables, image grids and orbit videos (DESIGN §8)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from itergen_ns.snapshots.format import atomic_write_text
+
+METRICS = ("psnr", "ssim", "lpips")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
+
+
+def summarize_results(results: Sequence[Dict]) -> List[Dict]:
+    """One row per (method, views): best-of-S (best PSNR sample per scene, averaged over scenes) and
+    mean ± std over every (scene, sample) run."""
+    groups: Dict[tuple, Dict[str, List[Dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        groups[(r["method"], r["views"])][r["scene"]].append(r)
+    rows = []
+    for (method, views), by_scene in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        best = [max(runs, key=lambda r: r["metrics"]["psnr"]) for runs in by_scene.values()]
+        every = [r for runs in by_scene.values() for r in runs]
+        row = {"method": method, "views": views, "scenes": len(by_scene), "runs": len(every)}
+        for m in METRICS:
+            vals = [r["metrics"][m] for r in every if m in r["metrics"]]
+            if not vals:
+                continue
+            row[f"{m}_best"] = float(np.mean([r["metrics"][m] for r in best if m in r["metrics"]]))
+            row[f"{m}_mean"] = float(np.mean(vals))
+            row[f"{m}_std"] = float(np.std(vals))
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[Dict]) -> str:
+    metrics = [m for m in METRICS if any(f"{m}_mean" in r for r in rows)]
+    head = "| views | method | runs | " + " | ".join(
+        f"{m.upper()} best | {m.upper()} mean ± std" for m in metrics
+    ) + " |"
+    sep = "|" + "---|" * (3 + 2 * len(metrics))
+    lines = [head, sep]
+    for r in rows:
+        cells = [str(r["views"]), r["method"], str(r["runs"])]
+        for m in metrics:
+            if f"{m}_mean" in r:
+                cells += [f"{r[f'{m}_best']:.3f}", f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}"]
+            else:
+                cells += ["–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _label(image: np.ndarray, text: str) -> np.ndarray:
+    pil = Image.fromarray(image)
+    ImageDraw.Draw(pil).text((2, 1), text, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+    return np.asarray(pil)
+
+
+def _best_runs(results: Sequence[Dict], scene: str, views: int) -> Dict[str, Dict]:
+    best: Dict[str, Dict] = {}
+    for r in results:
+        if r["scene"] == scene and r["views"] == views:
+            if r["method"] not in best or r["metrics"]["psnr"] > best[r["method"]]["metrics"]["psnr"]:
+                best[r["method"]] = r
+    return best
+
+
+def image_grid(
+    gt: np.ndarray, renders: Dict[str, np.ndarray], inputs: Sequence[int], eval_indices: Sequence[int], rows: int
+) -> np.ndarray:
+    """Rows of held-out frames; columns: first input | each method | ground truth."""
+    picks = [eval_indices[int(i)] for i in np.linspace(0, len(eval_indices) - 1, min(rows, len(eval_indices)))]
+    grid_rows = []
+    for k, f in enumerate(picks):
+        cells = [gt[inputs[0]]] + [renders[m][f] for m in renders] + [gt[f]]
+        if k == 0:
+            names = ["input"] + list(renders) + ["ground truth"]
+            cells = [_label(c, n) for c, n in zip(cells, names)]
+        grid_rows.append(np.concatenate(cells, axis=1))
+    return np.concatenate(grid_rows, axis=0)
+
+
+def write_video(frames: np.ndarray, path: Path, fps: int = 10) -> Path:
+    """mp4 of uint8 frames (written to a temp name, then renamed); falls back to GIF without ffmpeg."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scale = max(1, 256 // frames.shape[1])
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
+    except (ImportError, RuntimeError, ValueError):
+        path = path.with_suffix(".gif")
+        tmp = path.with_name(f".{path.stem}.tmp.gif")
+        imageio.mimwrite(tmp, list(frames), duration=1.0 / fps, loop=0)
+    tmp.replace(path)
+    return path
+
+
+def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path:
+    """Write report.md, results.json, results.csv, grids/ and videos/ under ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = summarize_results(results)
+    settings = {}
+    if config is not None:
+        settings = {
+            k: str(v) for k, v in vars(config).items() if k in ("methods", "views", "samples", "steps", "data",
+                                                                 "generator_checkpoint", "use_masks")
+        }
+    atomic_write_text(output_dir / "results.json", json.dumps({"settings": settings, "summary": rows,
+                                                                "runs": list(results)}, indent=2))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["scene", "views", "method", "sample", "seconds"] + list(METRICS))
+    for r in results:
+        writer.writerow([r["scene"], r["views"], r["method"], r["sample"], r["seconds"]]
+                        + [f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "" for m in METRICS])
+    atomic_write_text(output_dir / "results.csv", buf.getvalue())
+
+    figures = []
+    runs_dir = output_dir / "runs"
+    for scene in sorted({r["scene"] for r in results}):
+        gt_file = runs_dir / scene / "ground_truth.npz"
+        if not gt_file.exists():
+            continue
+        gt = np.load(gt_file)["images"]
+        for views in sorted({r["views"] for r in results if r["scene"] == scene}):
+            best = _best_runs(results, scene, views)
+            renders = {}
+            for method, r in best.items():
+                f = runs_dir / scene / f"{views}v" / f"{method}-s{r['sample']}" / "frames.npz"
+                if f.exists():
+                    renders[method] = np.load(f)["renders"]
+            if not renders:
+                continue
+            any_run = next(iter(best.values()))
+            grid = image_grid(gt, renders, any_run["input_indices"], any_run["eval_indices"],
+                              getattr(config, "report_frames", 4))
+            grid_path = output_dir / "grids" / f"{scene}_{views}v.png"
+            grid_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid).save(grid_path)
+            figures.append(grid_path)
+            video_method = next((m for m in renders if m.startswith("itergen") and m != "itergen-splatfacto"),
+                                next(iter(renders)))
+            orbit = np.concatenate([renders[video_method], gt], axis=2)
+            write_video(orbit, output_dir / "videos" / f"{scene}_{views}v_{video_method}.mp4")
+
+    lines = ["# itergen evaluation", ""]
+    if settings:
+        lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
+    lines += [
+        "Metrics on every frame that was not an input view. *best*: the sample with the highest PSNR per scene "
+        "(the paper's protocol), averaged over scenes; *mean ± std*: over all (scene, sample) runs.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    for fig in figures:
+        lines += [f"![{fig.stem}](grids/{fig.name})", ""]
+    report = output_dir / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    CONSOLE.print(markdown_table(rows))
+    CONSOLE.print(f"Report: {report}")
+    return report

@@ -1,0 +1,243 @@
+"""IterGenDataManager: input views plus a pool of views sampled from the diffusion model during optimisation.
+
+``next_train(step)`` serves an input view with probability ``p_input`` and a generated view otherwise.
+Every ``generate_every`` steps it asks the pose sampler for a clip of G poses, renders the current 3D model
+there, and has the generator sample target images conditioned on those renders and the input images.
+Async mode renders on the training thread (cheap) and samples in a worker thread (on CUDA, in its own
+stream) while training continues on the current pool; sync mode waits, which is simpler to debug.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from itergen_ns.data.datamanager import SparseViewDatamanager, SparseViewDatamanagerConfig
+from itergen_ns.itergen.pose_sampler import PoseSampler, PoseSamplerConfig
+from itergen_ns.models.itergen_model import GENERATED_KEY
+
+
+@dataclass
+class GeneratedClip:
+    """One generated clip: poses (OpenGL c2w), the renders it was conditioned on, and the sampled images."""
+
+    step: int
+    poses: Float[Tensor, "G 3 4"]
+    renders: Float[Tensor, "G 3 H W"]
+    images: Float[Tensor, "G 3 H W"]
+    cameras: Cameras
+
+
+@dataclass
+class IterGenDataManagerConfig(SparseViewDatamanagerConfig):
+    _target: Type = field(default_factory=lambda: IterGenDataManager)
+    p_input: float = 0.5
+    """Probability that a training step uses an input view rather than a generated one."""
+    generate_every: int = 100
+    """Steps between generations (sync) / earliest start of the next generation (async)."""
+    generate_start: int = 0
+    """First step at which a clip is generated."""
+    num_generated_frames: Optional[int] = None
+    """Frames per clip (G); default: the generator's frame count."""
+    pool_clips: int = 2
+    """Generated clips kept in the pool (the newest replace the oldest)."""
+    pose_order: Literal["uncertainty", "random"] = "uncertainty"
+    """uncertainty-guided ordering, or random poses around the object (ablation)."""
+    one_shot: bool = False
+    """Generate one full orbit at the start and never again (ablation)."""
+    async_generation: bool = True
+    """Sample the next clip in a background worker while training continues."""
+    pose_sampler: PoseSamplerConfig = field(default_factory=PoseSamplerConfig)
+    generation_seed: int = 0
+
+
+class _Ref:
+    """Holds a module without registering it, so the model/generator stay out of this module's state_dict."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+
+class IterGenDataManager(SparseViewDatamanager):
+    config: IterGenDataManagerConfig
+
+    def __init__(self, config: IterGenDataManagerConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self._model_ref: Optional[_Ref] = None
+        self._generator_ref: Optional[_Ref] = None
+        self.pool: List[GeneratedClip] = []
+        self.history: List[GeneratedClip] = []
+        self.num_generations = 0
+        self._pending: Optional[Future] = None
+        self._pending_step = -1
+        self._next_due = config.generate_start
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._lock = threading.Lock()
+        self._rng = random.Random(config.generation_seed)
+        self._frame_order: List[Tuple[int, int]] = []
+        self.timings: Dict[str, float] = {"render": 0.0, "generate": 0.0}
+        sampler_cfg = config.pose_sampler
+        sampler_cfg.order = config.pose_order
+        self.pose_sampler: PoseSampler = sampler_cfg.setup(input_c2w=self.train_dataset.cameras.camera_to_worlds)
+
+    # --- wiring -----------------------------------------------------------------------------------------------
+    def attach(self, model, generator) -> None:
+        """Give the datamanager the 3D model (to render) and the generator (to sample). Called by the pipeline."""
+        self._model_ref, self._generator_ref = _Ref(model), _Ref(generator)
+        g = self.num_frames
+        if g < 2:
+            raise ValueError(f"num_generated_frames must be >= 2, got {g}")
+        self._input_images, self._input_poses = self._conditioning_inputs()
+
+    @property
+    def generator(self):
+        return None if self._generator_ref is None else self._generator_ref.obj
+
+    @property
+    def model(self):
+        return None if self._model_ref is None else self._model_ref.obj
+
+    @property
+    def num_frames(self) -> int:
+        return self.config.num_generated_frames or self.generator.num_frames
+
+    def _conditioning_inputs(self) -> Tuple[Float[Tensor, "C 3 H W"], Float[Tensor, "C 4 4"]]:
+        """Input images resized to the generator's resolution, and their poses as 4x4 c2w."""
+        h, w = self.generator.height, self.generator.width
+        images = []
+        for data in self.cached_train:
+            img = data["image"][..., :3]
+            img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+            img = F.interpolate(img.permute(2, 0, 1)[None].cpu(), size=(h, w), mode="bilinear", antialias=True)
+            images.append(img[0].clamp(0, 1))
+        return torch.stack(images), to_4x4(self.train_dataset.cameras.camera_to_worlds.float())
+
+    def generated_cameras(self, poses: Float[Tensor, "G 3 4"]) -> Cameras:
+        """Cameras at ``poses`` with the first input's intrinsics rescaled to the generator's resolution."""
+        cam = self.train_dataset.cameras
+        h, w = self.generator.height, self.generator.width
+        sx, sy = w / float(cam.width[0]), h / float(cam.height[0])
+        n = poses.shape[0]
+        return Cameras(
+            camera_to_worlds=poses.float(),
+            fx=cam.fx[0].expand(n, 1) * sx,
+            fy=cam.fy[0].expand(n, 1) * sy,
+            cx=cam.cx[0].expand(n, 1) * sx,
+            cy=cam.cy[0].expand(n, 1) * sy,
+            width=torch.full((n, 1), w, dtype=torch.long),
+            height=torch.full((n, 1), h, dtype=torch.long),
+            camera_type=CameraType.PERSPECTIVE,
+        )
+
+    # --- generation ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_clip(self, cameras: Cameras) -> Float[Tensor, "G 3 H W"]:
+        """Render the current 3D model at every camera of a clip (eval mode: fixed background, no densify)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        frames = []
+        for i in range(cameras.shape[0]):
+            rgb = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))["rgb"]
+            frames.append(rgb.clamp(0, 1).permute(2, 0, 1).cpu())
+        if was_training:
+            model.train()
+        return torch.stack(frames)
+
+    def _sample(self, step: int, poses: Tensor, cameras: Cameras, renders: Tensor, seed: int) -> GeneratedClip:
+        start = time.perf_counter()
+        target = to_4x4(poses.float())
+        images = self.generator.sample(renders, self._input_images, self._input_poses, target, seed=seed)
+        self.timings["generate"] += time.perf_counter() - start
+        return GeneratedClip(step=step, poses=poses, renders=renders, images=images.float().clamp(0, 1).cpu(), cameras=cameras)
+
+    def _launch(self, step: int) -> None:
+        """Choose poses, render them now, and sample (now in sync mode, in the worker in async mode)."""
+        if self.config.one_shot:
+            poses = self.pose_sampler.full_orbit(self.num_frames)
+        else:
+            poses = self.pose_sampler.next_clip(self.num_frames)
+        cameras = self.generated_cameras(poses)
+        start = time.perf_counter()
+        renders = self.render_clip(cameras)
+        self.timings["render"] += time.perf_counter() - start
+        seed = self.config.generation_seed * 100003 + self.num_generations
+        self.num_generations += 1
+        if self.config.async_generation and not self.config.one_shot:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itergen-generator")
+            self._pending = self._executor.submit(self._sample, step, poses, cameras, renders, seed)
+            self._pending_step = step
+        else:
+            self._add_to_pool(self._sample(step, poses, cameras, renders, seed))
+
+    def _add_to_pool(self, clip: GeneratedClip) -> None:
+        with self._lock:
+            self.pool = (self.pool + [clip])[-self.config.pool_clips :]
+            self.history.append(clip)
+            self._frame_order = []
+        CONSOLE.log(f"itergen: clip {len(self.history)} generated from the step-{clip.step} model")
+
+    def refresh(self, step: int) -> None:
+        """Collect a finished async clip and start the next generation when one is due."""
+        if step < self.config.generate_start or self.generator is None:
+            return
+        if self._pending is not None and self._pending.done():
+            clip = self._pending.result()  # re-raises a worker error here, on the training thread
+            self._pending = None
+            self._add_to_pool(clip)
+        if self.config.one_shot:
+            if self.num_generations == 0:
+                self._launch(step)
+            return
+        if self._pending is None and step >= self._next_due:
+            self._launch(step)
+            self._next_due = step + self.config.generate_every
+
+    def wait_for_generation(self) -> None:
+        """Block until an in-flight async clip has joined the pool (tests, shutdown)."""
+        if self._pending is not None:
+            clip = self._pending.result()
+            self._pending = None
+            self._add_to_pool(clip)
+
+    # --- serving ------------------------------------------------------------------------------------------------
+    def _next_generated(self) -> Tuple[Cameras, Dict]:
+        with self._lock:
+            if not self._frame_order:
+                self._frame_order = [(c, f) for c, clip in enumerate(self.pool) for f in range(clip.images.shape[0])]
+                self._rng.shuffle(self._frame_order)
+            c, f = self._frame_order.pop()
+            clip = self.pool[c]
+        image = (clip.images[f].permute(1, 2, 0) * 255).round().to(torch.uint8).to(self.device)
+        camera = clip.cameras[f : f + 1].to(self.device)
+        return camera, {"image": image, GENERATED_KEY: True, "image_idx": -1}
+
+    def next_train(self, step: int) -> Tuple[Cameras, Dict]:
+        self.refresh(step)
+        if not self.pool or self._rng.random() < self.config.p_input:
+            camera, data = super().next_train(step)
+            data[GENERATED_KEY] = False
+            return camera, data
+        return self._next_generated()
+
+    def latest_clip(self) -> Optional[GeneratedClip]:
+        with self._lock:
+            return self.history[-1] if self.history else None
+
+
+def to_4x4(c2w: Float[Tensor, "N 3 4"]) -> Float[Tensor, "N 4 4"]:
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype).expand(c2w.shape[0], 1, 4)
+    return torch.cat([c2w, bottom], dim=1)

@@ -1,0 +1,200 @@
+"""P_lambda: where to generate next (DESIGN §4, "uncertainty-guided ordering").
+
+Generated poses are rigid motions of a known camera along the capture orbit: rotate about the orbit's up
+axis through the object centre (azimuth), tilt about the horizontal axis (elevation), and dolly along the
+view direction (zoom). The first clip starts exactly at an input pose and every later clip starts where the
+previous one ended, moving towards the nearest azimuths not yet covered by inputs or earlier clips — the
+model generates where it is least uncertain first, growing outward from what it has seen.
+Ablations: ``order="random"`` (clips start at random orbit positions, random direction) and ``full_orbit``
+(one clip around the whole object, used by one-shot mode).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Literal, Tuple, Type
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from nerfstudio.configs.base_config import InstantiateConfig
+
+from itergen_ns.data.camera_utils import nearest_point_to_axes
+
+
+def axis_angle_matrix(axis: Float[Tensor, "3"], angle: float) -> Float[Tensor, "3 3"]:
+    """Rotation by ``angle`` radians about unit ``axis`` (Rodrigues)."""
+    axis = axis / axis.norm().clamp_min(1e-12)
+    x, y, z = axis.tolist()
+    k = torch.tensor([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]], dtype=axis.dtype)
+    return torch.eye(3, dtype=axis.dtype) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
+
+
+@dataclass
+class Orbit:
+    """Capture orbit estimated from input cameras: centre, unit up axis, reference azimuth direction."""
+
+    centre: Float[Tensor, "3"]
+    up: Float[Tensor, "3"]
+    ref: Float[Tensor, "3"]
+
+    @classmethod
+    def from_cameras(cls, c2w: Float[Tensor, "N 3 4"]) -> "Orbit":
+        c2w = c2w.double()
+        if c2w.shape[0] >= 2:
+            centre = nearest_point_to_axes(c2w)
+        else:  # one camera: the point on its axis nearest the world origin (parsers centre the object)
+            origin, forward = c2w[0, :, 3], -c2w[0, :, 2]
+            centre = origin + torch.clamp(torch.dot(-origin, forward), min=1e-3) * forward
+        cam_up = c2w[:, :, 1].mean(0)
+        up = cam_up
+        positions = c2w[:, :, 3] - centre
+        if c2w.shape[0] >= 3:  # normal of the plane through the camera centres, oriented like the cameras' up
+            _, s, vh = torch.linalg.svd(positions - positions.mean(0))
+            if s[-1] < 0.5 * s[-2]:
+                up = vh[-1] * torch.sign(torch.dot(vh[-1], cam_up) + 1e-12)
+        up = up / up.norm()
+        radial = positions[0] - torch.dot(positions[0], up) * up
+        if radial.norm() < 1e-6:
+            radial = torch.linalg.cross(up, torch.tensor([1.0, 0.0, 0.0], dtype=up.dtype))
+        return cls(centre=centre, up=up, ref=radial / radial.norm())
+
+    def azimuth(self, c2w: Float[Tensor, "3 4"]) -> float:
+        """Azimuth (degrees in [0, 360)) of a camera centre about the up axis."""
+        p = c2w[:, 3].double() - self.centre
+        p = p - torch.dot(p, self.up) * self.up
+        side = torch.linalg.cross(self.up, self.ref)
+        return math.degrees(math.atan2(torch.dot(p, side).item(), torch.dot(p, self.ref).item())) % 360.0
+
+    def elevation(self, c2w: Float[Tensor, "3 4"]) -> float:
+        p = c2w[:, 3].double() - self.centre
+        return math.degrees(math.asin(float(torch.dot(p, self.up) / p.norm().clamp_min(1e-12))))
+
+    def move(self, c2w: Float[Tensor, "3 4"], d_azimuth: float, d_elevation: float, zoom: float) -> Float[Tensor, "3 4"]:
+        """``c2w`` rotated by d_azimuth about the up axis, tilted by d_elevation and dollied by factor ``zoom``
+        (distance to the centre scales by it); angles in degrees."""
+        c2w = c2w.double()
+        rot_az = axis_angle_matrix(self.up, math.radians(d_azimuth))
+        pos = self.centre + rot_az @ (c2w[:, 3] - self.centre)
+        rot = rot_az @ c2w[:, :3]
+        radial = pos - self.centre
+        tangent = torch.linalg.cross(self.up, radial)
+        if tangent.norm() > 1e-9 and d_elevation != 0.0:
+            rot_el = axis_angle_matrix(tangent, -math.radians(d_elevation))
+            pos = self.centre + rot_el @ (pos - self.centre)
+            rot = rot_el @ rot
+        pos = self.centre + zoom * (pos - self.centre)
+        return torch.cat([rot, pos[:, None]], dim=1)
+
+
+@dataclass
+class PoseSamplerConfig(InstantiateConfig):
+    """Pose sampler P_lambda."""
+
+    _target: Type = field(default_factory=lambda: PoseSampler)
+    order: Literal["uncertainty", "random"] = "uncertainty"
+    """uncertainty: outward from inputs and earlier clips; random: clips at random orbit positions (ablation)."""
+    degrees_per_frame: float = 4.0
+    """Azimuth step between consecutive generated frames."""
+    input_coverage_degrees: float = 15.0
+    """Half-width of the azimuth arc an input view counts as covering."""
+    elevation_step_degrees: float = 1.0
+    """Std of the per-frame elevation random walk."""
+    elevation_margin_degrees: float = 15.0
+    """Elevations stay within the inputs' range widened by this margin."""
+    zoom_probability: float = 0.25
+    """Chance that a clip zooms in or out over its length."""
+    zoom_range: Tuple[float, float] = (0.8, 1.2)
+    seed: int = 0
+
+
+class PoseSampler:
+    """Stateful sampler of G-frame camera clips (OpenGL c2w [G, 3, 4])."""
+
+    def __init__(self, config: PoseSamplerConfig, input_c2w: Float[Tensor, "N 3 4"]):
+        if input_c2w.shape[0] == 0:
+            raise ValueError("PoseSampler needs at least one input camera")
+        self.config = config
+        self.inputs = input_c2w.detach().double().cpu()
+        self.orbit = Orbit.from_cameras(self.inputs)
+        self.rng = np.random.default_rng(config.seed)
+        elevations = [self.orbit.elevation(c) for c in self.inputs]
+        margin = config.elevation_margin_degrees
+        self.elevation_bounds = (max(-85.0, min(elevations) - margin), min(85.0, max(elevations) + margin))
+        self.covered = np.zeros(360, dtype=bool)
+        self._reset_coverage()
+        self.last_end: Tensor | None = None
+        self.clips: List[Tensor] = []
+        self.next_input = 0
+
+    def _reset_coverage(self) -> None:
+        self.covered[:] = False
+        for c in self.inputs:
+            self._cover(self.orbit.azimuth(c), self.config.input_coverage_degrees)
+
+    def _cover(self, azimuth: float, half_width: float) -> None:
+        lo = int(math.floor(azimuth - half_width))
+        hi = int(math.ceil(azimuth + half_width))
+        self.covered[np.arange(lo, hi + 1) % 360] = True
+
+    def _direction_to_uncovered(self, azimuth: float) -> int:
+        """+1 or -1: the way round the orbit with the nearest uncovered azimuth (0 if all covered)."""
+        start = int(round(azimuth)) % 360
+        for dist in range(1, 181):
+            plus, minus = not self.covered[(start + dist) % 360], not self.covered[(start - dist) % 360]
+            if plus or minus:
+                if plus and minus:
+                    return 1 if self.rng.random() < 0.5 else -1
+                return 1 if plus else -1
+        return 0
+
+    def _trajectory(self, anchor: Tensor, num_frames: int, direction: int) -> Tensor:
+        """Clip from ``anchor`` (frame 0 == anchor) moving ``direction`` along the orbit."""
+        cfg = self.config
+        zoom_to = 1.0
+        if self.rng.random() < cfg.zoom_probability:
+            zoom_to = float(self.rng.uniform(*cfg.zoom_range))
+        lo, hi = self.elevation_bounds
+        elevation = self.orbit.elevation(anchor)
+        frames, d_el_total = [anchor.double()], 0.0
+        for j in range(1, num_frames):
+            step = float(self.rng.normal(0.0, cfg.elevation_step_degrees))
+            step = min(max(step, lo - elevation), hi - elevation)
+            elevation += step
+            d_el_total += step
+            zoom = 1.0 + (zoom_to - 1.0) * j / max(1, num_frames - 1)
+            frames.append(self.orbit.move(anchor, direction * cfg.degrees_per_frame * j, d_el_total, zoom))
+        return torch.stack(frames)
+
+    def next_clip(self, num_frames: int) -> Float[Tensor, "G 3 4"]:
+        """The next clip of ``num_frames`` poses."""
+        if self.config.order == "random":
+            anchor = self.inputs[int(self.rng.integers(len(self.inputs)))]
+            anchor = self.orbit.move(anchor, float(self.rng.uniform(0, 360)), 0.0, 1.0)
+            clip = self._trajectory(anchor, num_frames, 1 if self.rng.random() < 0.5 else -1)
+        else:
+            anchor = self.last_end
+            if anchor is None:
+                anchor = self.inputs[self.next_input % len(self.inputs)]
+                self.next_input += 1
+            direction = self._direction_to_uncovered(self.orbit.azimuth(anchor))
+            if direction == 0:  # orbit fully covered: a new round outward from the inputs, with fresher renders
+                self._reset_coverage()
+                direction = self._direction_to_uncovered(self.orbit.azimuth(anchor)) or 1
+            clip = self._trajectory(anchor, num_frames, direction)
+            for c in clip:
+                self._cover(self.orbit.azimuth(c), self.config.degrees_per_frame / 2 + 0.5)
+            self.last_end = clip[-1]
+        self.clips.append(clip)
+        return clip.float()
+
+    def full_orbit(self, num_frames: int) -> Float[Tensor, "G 3 4"]:
+        """One clip once around the object from the first input (one-shot ablation)."""
+        anchor = self.inputs[0]
+        step = 360.0 / num_frames
+        clip = torch.stack([self.orbit.move(anchor, step * j, 0.0, 1.0) for j in range(num_frames)])
+        self.clips.append(clip)
+        return clip.float()

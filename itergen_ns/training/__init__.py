@@ -1,0 +1,1 @@
+"""Programmatic training of the project's nerfstudio methods."""

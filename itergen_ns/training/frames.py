@@ -1,0 +1,59 @@
+"""Every frame of a trained scene: cameras with the training normalisation, ground truth, and renders."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+
+
+def all_frames_outputs(datamanager, use_masks: Optional[bool] = None) -> DataparserOutputs:
+    """Every frame of the scene, in order, with the same normalisation as the training split
+    (``use_masks`` overrides the parser's choice, e.g. to score with masks a model trained without)."""
+    parser_config = copy.deepcopy(datamanager.dataparser.config)
+    parser_config.num_input_views = 0
+    parser_config.input_views = None
+    if use_masks is not None:
+        parser_config.use_masks = use_masks
+    return parser_config.setup().get_dataparser_outputs(split="train")
+
+
+def load_rgb(path: Path, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """uint8 RGB of ``path`` (resized to (H, W) when given and different); the error names the file."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BICUBIC)
+            return np.asarray(im, dtype=np.uint8)
+    except OSError as err:
+        raise ValueError(f"{path}: unreadable image ({err})") from err
+
+
+def load_frames(paths: List[Path], size: Optional[Tuple[int, int]] = None) -> List[np.ndarray]:
+    return [load_rgb(p, size) for p in paths]
+
+
+@torch.no_grad()
+def render_all_frames(model, cameras: Cameras, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Render ``model`` at every camera (eval mode, fixed background) into uint8 [F, H, W, 3]."""
+    was_training = model.training
+    model.eval()
+    frames = []
+    for i in range(cameras.shape[0]):
+        rgb = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))["rgb"]
+        frame = (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        if out is not None:
+            out[i] = frame
+        else:
+            frames.append(frame)
+    if was_training:
+        model.train()
+    return out if out is not None else np.stack(frames)

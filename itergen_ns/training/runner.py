@@ -1,0 +1,137 @@
+"""Train a registered method programmatically through nerfstudio's own ``Trainer``.
+
+The exporter, `itergen train-baseline` and the eval harness all train this way, so what they measure is
+exactly what `ns-train <method>` does; extra per-step work (snapshot renders) is added as TrainingCallbacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
+
+
+def method_config(method: str) -> TrainerConfig:
+    """A fresh copy of a registered method's config (built-in or plugin)."""
+    from nerfstudio.configs.method_configs import all_methods
+
+    if method not in all_methods:
+        raise ValueError(f"unknown method {method!r}; registered: {', '.join(sorted(all_methods))}")
+    return copy.deepcopy(all_methods[method])
+
+
+def set_num_steps(config: TrainerConfig, steps: int) -> None:
+    """Set the iteration count and stretch the schedules that depend on it (lr decay, densification stop)."""
+    config.max_num_iterations = steps
+    config.steps_per_eval_all_images = max(steps + 1, config.steps_per_eval_all_images)
+    for opt in config.optimizers.values():
+        sched = opt.get("scheduler")
+        if sched is not None and hasattr(sched, "max_steps"):
+            sched.max_steps = steps
+            if hasattr(sched, "warmup_steps"):
+                sched.warmup_steps = min(sched.warmup_steps, steps // 4)
+    model = config.pipeline.model
+    if hasattr(model, "stop_split_at"):
+        model.stop_split_at = max(1, steps // 2)
+        model.warmup_length = min(model.warmup_length, max(1, steps // 10))
+        model.refine_every = min(model.refine_every, max(1, steps // 10))
+        model.sh_degree_interval = min(model.sh_degree_interval, max(1, steps // 6))
+
+
+@dataclass
+class TrainSpec:
+    """What to train: method, scene, input split, schedule and where outputs go."""
+
+    method: str
+    data: Path
+    output_dir: Path
+    num_input_views: int = 3
+    input_view_seed: int = 0
+    steps: int = 1000
+    seed: int = 42
+    experiment_name: Optional[str] = None
+    vis: str = "tensorboard"
+    overrides: Dict[str, object] = field(default_factory=dict)
+    """Dotted config paths -> values, e.g. {"pipeline.model.sh_degree": 1}."""
+
+
+def _set_path(obj, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for name in parents:
+        obj = getattr(obj, name)
+    if not hasattr(obj, last):
+        raise AttributeError(f"config has no field {dotted!r}")
+    setattr(obj, last, value)
+
+
+def build_config(spec: TrainSpec) -> TrainerConfig:
+    config = method_config(spec.method)
+    config.output_dir = Path(spec.output_dir)
+    config.experiment_name = spec.experiment_name or Path(spec.data).name
+    config.timestamp = "run"
+    config.vis = spec.vis
+    config.viewer.quit_on_train_completion = True
+    config.machine.seed = spec.seed
+    config.save_only_latest_checkpoint = True
+    config.steps_per_save = max(spec.steps, 1)
+    config.steps_per_eval_image = spec.steps + 1
+    config.steps_per_eval_batch = 0
+    config.logging.local_writer.enable = False
+    config.pipeline.datamanager.data = Path(spec.data)
+    config.pipeline.datamanager.num_input_views = spec.num_input_views
+    config.pipeline.datamanager.input_view_seed = spec.input_view_seed
+    set_num_steps(config, spec.steps)
+    for key, value in spec.overrides.items():
+        _set_path(config, key, value)
+    return config
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    config: TrainerConfig,
+    callbacks: Sequence[TrainingCallback] = (),
+    on_setup: Optional[Callable[[Trainer], None]] = None,
+) -> Trainer:
+    """Set up and run nerfstudio's Trainer with extra callbacks; returns the trained trainer.
+
+    ``on_setup(trainer)`` runs after set-up and before the first step (data and model exist by then).
+    """
+    seed_everything(config.machine.seed)
+    config.get_base_dir().mkdir(parents=True, exist_ok=True)
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.callbacks.extend(callbacks)
+    if on_setup is not None:
+        on_setup(trainer)
+    trainer.train()
+    return trainer
+
+
+def every_n_steps(n: int, fn: Callable[[int], None], also_last: Optional[int] = None) -> TrainingCallback:
+    """A callback after the optimiser step at steps 0, n, 2n, ... (and ``also_last`` when given)."""
+
+    def run(step: int) -> None:
+        if step % n == 0 or (also_last is not None and step == also_last):
+            fn(step)
+
+    return TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], run)
+
+
+def list_registered(prefix: str = "itergen") -> List[str]:
+    from nerfstudio.configs.method_configs import all_methods
+
+    return sorted(m for m in all_methods if m.startswith(prefix))
