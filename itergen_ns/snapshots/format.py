@@ -10,7 +10,7 @@ Layout of a snapshot root::
     ROOT/shards/<name>/input_indices.npy int64  [C]           frames the splatfacto run trained on
     ROOT/shards/<name>/steps.npy        int64   [S]           snapshot steps
     ROOT/shards/<name>/renders.npy      uint8   [S, F, H, W, 3] renders of the run at every frame
-    ROOT/shards/<name>/masks.npy        uint8   [F, H, W]     optional foreground masks
+    ROOT/shards/<name>/masks.npy        uint8   [F, H, W]     optional foreground masks (255 = object)
     ROOT/shards/<name>/render_latents.npy float16 [S, F, 4, h, w] optional VAE latents of the renders
 
 A shard directory is assembled under a hidden temporary name and renamed into place, so a shard either
@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -33,6 +34,29 @@ FORMAT_NAME = "itergen-snapshots"
 FORMAT_VERSION = 1
 REQUIRED_ARRAYS = ("images", "c2w", "intrinsics", "input_indices", "steps", "renders")
 OPTIONAL_ARRAYS = ("masks", "render_latents")
+
+
+def payload_bytes(
+    num_frames: int,
+    height: int,
+    width: int,
+    num_steps: int,
+    num_inputs: int,
+    masks: bool = False,
+    latent_shape: Optional[Tuple[int, int, int]] = None,
+) -> int:
+    """Bytes of a shard's arrays (what ``meta["bytes"]`` records; .npy headers and meta.json add ~1 KB).
+
+    Used to project the size of an export before running it; the dtypes are the ones documented above.
+    """
+    frame = height * width * 3  # uint8 RGB
+    total = num_frames * frame + num_frames * 12 * 4 + num_frames * 4 * 4  # images, c2w, intrinsics
+    total += num_inputs * 8 + num_steps * 8 + num_steps * num_frames * frame  # input_indices, steps, renders
+    if masks:
+        total += num_frames * height * width
+    if latent_shape is not None:
+        total += num_steps * num_frames * int(np.prod(latent_shape)) * 2  # float16
+    return int(total)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -63,6 +87,7 @@ def ensure_format(root: Path) -> None:
 
 
 def shard_dir(root: Path, name: str) -> Path:
+    """Final directory of shard ``name`` under a snapshot root."""
     return Path(root) / "shards" / name
 
 
@@ -71,41 +96,81 @@ def shard_exists(root: Path, name: str) -> bool:
     return (shard_dir(root, name) / "meta.json").exists()
 
 
+class ShardWriter:
+    """Assemble one shard in a hidden temp dir and rename it into place on ``commit``.
+
+    Large arrays (the render stack) are written through memory-mapped ``.npy`` files so a CO3D-size export
+    never holds them in RAM. Leaving the ``with`` block by an exception deletes the temp dir, so an
+    interrupted export leaves no partial shard; a leftover from a killed process is removed on the next run.
+    """
+
+    def __init__(self, root: Path, name: str):
+        ensure_format(root)
+        self.name = name
+        self.final = shard_dir(root, name)
+        if self.final.exists():
+            raise FileExistsError(f"{self.final} already exists")
+        self.tmp = self.final.parent / f".tmp-{name}-{os.getpid()}"
+        self.nbytes = 0
+        self.keys: set = set()
+
+    def __enter__(self) -> "ShardWriter":
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # an exception, or leaving without commit(): nothing of this shard may stay behind
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def save(self, key: str, arr: np.ndarray) -> None:
+        np.save(self.tmp / f"{key}.npy", np.ascontiguousarray(arr))
+        self.nbytes += arr.nbytes
+        self.keys.add(key)
+
+    def open(self, key: str, shape, dtype) -> np.ndarray:
+        """A writable memory-mapped array stored as ``key.npy``."""
+        arr = np.lib.format.open_memmap(self.tmp / f"{key}.npy", mode="w+", dtype=dtype, shape=tuple(shape))
+        self.nbytes += arr.nbytes
+        self.keys.add(key)
+        return arr
+
+    def commit(self, meta: Dict) -> Path:
+        missing = [k for k in REQUIRED_ARRAYS if k not in self.keys]
+        if missing:
+            raise ValueError(f"shard {self.name}: missing arrays {missing}")
+        meta = dict(meta, format_version=FORMAT_VERSION, name=self.name, bytes=int(self.nbytes))
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        os.rename(self.tmp, self.final)
+        return self.final
+
+
 def write_shard(root: Path, name: str, arrays: Dict[str, np.ndarray], meta: Dict) -> Path:
-    """Write one shard atomically: everything goes to a hidden temp dir that is renamed into place."""
-    missing = [k for k in REQUIRED_ARRAYS if k not in arrays]
-    if missing:
-        raise ValueError(f"write_shard({name}): missing arrays {missing}")
-    ensure_format(root)
-    final = shard_dir(root, name)
-    if final.exists():
-        raise FileExistsError(f"{final} already exists")
-    tmp = final.parent / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        nbytes = 0
+    """Write one shard from in-memory arrays, atomically (see ShardWriter)."""
+    with ShardWriter(root, name) as writer:
         for key, arr in arrays.items():
-            if arr is None:
-                continue
-            np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr))
-            nbytes += arr.nbytes
-        meta = dict(meta, format_version=FORMAT_VERSION, name=name, bytes=int(nbytes))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+            if arr is not None:
+                writer.save(key, arr)
+        return writer.commit(meta)
 
 
-def remove_stale_temporaries(root: Path) -> int:
-    """Delete half-written shard dirs left by a killed export; returns how many were removed."""
+def remove_stale_temporaries(root: Path, names: Optional[Iterable[str]] = None) -> int:
+    """Delete half-written shard dirs left by a killed export; returns how many were removed.
+
+    ``names`` restricts this to the temporaries of those shards: processes exporting disjoint ``--shard i/n``
+    parts into one root must not delete each other's shards in flight.
+    """
     shards = Path(root) / "shards"
     if not shards.exists():
         return 0
-    stale = [p for p in shards.iterdir() if p.name.startswith(".tmp-")]
+    if names is None:
+        stale = [p for p in shards.iterdir() if p.name.startswith(".tmp-")]
+    else:
+        pattern = re.compile(r"^\.tmp-(.+)-\d+$")
+        wanted = set(names)
+        stale = [p for p in shards.iterdir() if (m := pattern.match(p.name)) and m.group(1) in wanted]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return len(stale)
@@ -139,10 +204,11 @@ def load_shard(path: Path) -> SnapshotShard:
         raise ValueError(f"{meta_file}: missing (unfinished or not a snapshot shard)")
     try:
         meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{meta_file}: invalid JSON ({err})") from err
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_file}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_file}: format_version {version!r}, expected {FORMAT_VERSION}")
     arrays = {}
     for key in REQUIRED_ARRAYS + OPTIONAL_ARRAYS:
         f = path / f"{key}.npy"
@@ -168,11 +234,25 @@ def load_shard(path: Path) -> SnapshotShard:
             f"{path / 'renders.npy'}: shape {tuple(renders.shape)}, expected "
             f"({len(arrays['steps'])}, {', '.join(map(str, arrays['images'].shape))})"
         )
+    inputs = np.asarray(arrays["input_indices"])
+    if inputs.ndim != 1 or (inputs.size and (inputs.min() < 0 or inputs.max() >= num_frames)):
+        raise ValueError(f"{path / 'input_indices.npy'}: expected frame indices in [0, {num_frames - 1}], got {inputs}")
+    masks = arrays.get("masks")
+    if masks is not None and tuple(masks.shape) != tuple(arrays["images"].shape[:3]):
+        raise ValueError(f"{path / 'masks.npy'}: shape {tuple(masks.shape)}, expected {tuple(arrays['images'].shape[:3])}")
+    latents = arrays.get("render_latents")
+    if latents is not None and (latents.ndim != 5 or tuple(latents.shape[:2]) != tuple(renders.shape[:2])):
+        raise ValueError(
+            f"{path / 'render_latents.npy'}: shape {tuple(latents.shape)}, expected ({renders.shape[0]}, "
+            f"{renders.shape[1]}, C, h, w)"
+        )
     return SnapshotShard(path=path, meta=meta, **arrays)
 
 
 @dataclass
 class ShardSummary:
+    """One line of `itergen snapshots-summary`; ``bytes`` is the shard's size on disk."""
+
     name: str
     scene: str
     frames: int
@@ -191,16 +271,35 @@ def list_shards(root: Path, strict: bool = False) -> List[Path]:
     found = []
     shards = root / "shards"
     for p in sorted(shards.iterdir()) if shards.exists() else []:
-        if p.name.startswith("."):
+        if p.name.startswith(".") or not p.is_dir():
             continue
-        if not (p / "meta.json").exists():
-            msg = f"{p}: no meta.json, skipping an unfinished shard"
+        problem = _shard_problem(p)
+        if problem is not None:
+            msg = f"{p}: {problem}; skipping this shard"
             if strict:
                 raise ValueError(msg)
             warnings.warn(msg)
             continue
         found.append(p)
     return found
+
+
+def _shard_problem(path: Path) -> Optional[str]:
+    """Why ``path`` is not a usable finished shard (cheap checks: meta.json and required files), or None."""
+    meta_file = path / "meta.json"
+    if not meta_file.exists():
+        return "no meta.json (unfinished or not a snapshot shard)"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"meta.json is not valid JSON ({err})"
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        return f"meta.json has format_version {version!r}, expected {FORMAT_VERSION}"
+    missing = [f"{k}.npy" for k in REQUIRED_ARRAYS if not (path / f"{k}.npy").is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    return None
 
 
 def summarize(root: Path) -> List[ShardSummary]:
@@ -214,7 +313,7 @@ def summarize(root: Path) -> List[ShardSummary]:
                 scene=str(meta.get("scene", "?")),
                 frames=int(meta.get("num_frames", 0)),
                 snapshots=len(meta.get("steps", [])),
-                bytes=int(meta.get("bytes", 0)),
+                bytes=sum(f.stat().st_size for f in p.iterdir() if f.is_file()),
                 meta=meta,
             )
         )

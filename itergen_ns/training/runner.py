@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -88,6 +89,8 @@ def build_config(spec: TrainSpec) -> TrainerConfig:
     config.pipeline.datamanager.data = Path(spec.data)
     config.pipeline.datamanager.num_input_views = spec.num_input_views
     config.pipeline.datamanager.input_view_seed = spec.input_view_seed
+    if hasattr(config.pipeline.datamanager, "init_seed"):
+        config.pipeline.datamanager.init_seed = spec.seed
     set_num_steps(config, spec.steps)
     for key, value in spec.overrides.items():
         _set_path(config, key, value)
@@ -112,13 +115,32 @@ def train(
     seed_everything(config.machine.seed)
     config.get_base_dir().mkdir(parents=True, exist_ok=True)
     config.save_config()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    trainer.callbacks.extend(callbacks)
-    if on_setup is not None:
-        on_setup(trainer)
-    trainer.train()
+    with scoped_event_writers():
+        trainer = config.setup(local_rank=0, world_size=1)
+        trainer.setup()
+        trainer.callbacks.extend(callbacks)
+        if on_setup is not None:
+            on_setup(trainer)
+        trainer.train()
     return trainer
+
+
+@contextmanager
+def scoped_event_writers() -> Iterator[None]:
+    """Close and drop the event writers a Trainer registers in nerfstudio's global list, so consecutive runs
+    in one process (exporter, eval harness, demo) don't log into each other's folders."""
+    from nerfstudio.utils import writer
+
+    before = len(writer.EVENT_WRITERS)
+    try:
+        yield
+    finally:
+        for w in writer.EVENT_WRITERS[before:]:
+            tb = getattr(w, "tb_writer", None)
+            if tb is not None:
+                tb.close()
+        del writer.EVENT_WRITERS[before:]
+        writer.EVENT_STORAGE.clear()
 
 
 def every_n_steps(n: int, fn: Callable[[int], None], also_last: Optional[int] = None) -> TrainingCallback:

@@ -1,0 +1,583 @@
+"""`itergen export-snapshots`: splatfacto runs from few views, rendered along the whole trajectory every N steps.
+
+For each (scene, run): draw C input views (C from a clipped exponential favouring 1-3), train the project's
+splatfacto from those views only through nerfstudio's Trainer, and after 0, every, 2*every, ... max_steps
+optimisation steps render the model at every frame of the scene. The renders, ground truth, cameras and the
+input indices form one shard (format.py). Shards are written atomically and finished ones are skipped, so an
+interrupted export resumes losing at most the shard in flight; ``--shard i/n`` splits scenes across processes.
+
+Snapshots are taken before the optimiser step of iteration ``s`` (i.e. after exactly ``s`` steps) and once more
+after training; rendering does not touch the random state, so snapshots never change the training run itself.
+
+Determinism: a run's seed derives from ``--seed`` and its shard name only, so ``--shard i/n`` and reruns give the
+same C, input views and seeds. On CPU the shard is byte-identical across runs at a fixed torch thread count
+(float reductions depend on it: 1 vs 2 threads differ by a few levels out of 255 after 60 steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import yaml
+from jaxtyping import Float, UInt8
+from PIL import Image
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from itergen_ns.data.co3d_dataparser import CO3DDataParserConfig, is_co3d_sequence
+from itergen_ns.data.sparse_dataparser import SparseNerfstudioDataParserConfig
+from itergen_ns.snapshots.format import (
+    ShardWriter,
+    ensure_format,
+    remove_stale_temporaries,
+    shard_exists,
+    summarize,
+)
+from itergen_ns.training.runner import TrainSpec, build_config, train
+
+SCENE_INDEX = "scenes.json"  # written by `itergen make-scenes`; its "split" marks train and held-out scenes
+
+
+class SceneError(ValueError):
+    """A scene cannot be exported (too few frames, unreadable image, ...); the message names the scene."""
+
+
+# ------------------------------------------------------------------------------------------------ scene lists
+
+
+def _is_scene(path: Path) -> bool:
+    return (path / "transforms.json").is_file() or is_co3d_sequence(path)
+
+
+def _collection_scenes(path: Path, include_heldout: bool) -> List[Path]:
+    """Scene folders of a collection folder; a procedural collection's held-out scenes are left out by default."""
+    index_file = path / SCENE_INDEX
+    if index_file.is_file() and not include_heldout:
+        from itergen_ns.data.scenes import load_scene_index
+
+        entries = load_scene_index(path)["scenes"]
+        chosen = [Path(e["path"]) for e in entries if e.get("split", "train") == "train"]
+        missing = [p for p in chosen if not _is_scene(p)]
+        if missing:
+            raise FileNotFoundError(f"{index_file}: lists scenes that are missing or incomplete: {missing}")
+        return sorted(chosen)
+    return sorted(p for p in path.iterdir() if p.is_dir() and _is_scene(p))
+
+
+def discover_scenes(paths: Sequence[Path], include_heldout: bool = False) -> List[Path]:
+    """Scene folders named by ``paths``: a scene (transforms.json / CO3D sequence) or a folder of scenes.
+
+    The order is deterministic (sorted within each folder, paths in the given order, duplicates dropped), so
+    every process of a ``--shard i/n`` export sees the same list.
+    """
+    scenes: List[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such scene or dataset directory")
+        if _is_scene(path):
+            scenes.append(path)
+            continue
+        found = _collection_scenes(path, include_heldout) if path.is_dir() else []
+        if not found:
+            raise ValueError(f"{path}: holds no scenes (expected transforms.json or CO3D sequence folders)")
+        scenes.extend(found)
+    unique, seen = [], set()
+    for scene in scenes:
+        if scene.resolve() not in seen:
+            seen.add(scene.resolve())
+            unique.append(scene)
+    return unique
+
+
+def scene_key(scene: Path) -> str:
+    """A shard-name-safe identifier of a scene: ``<collection or category>_<scene or sequence>``."""
+    scene = Path(scene).absolute()
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{scene.parent.name}_{scene.name}")
+
+
+def shard_name(scene: Path, run: int) -> str:
+    return f"{scene_key(scene)}__run{run:02d}"
+
+
+def parse_shard_arg(shard: str) -> Tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError as err:
+        raise ValueError(f"--shard {shard!r}: expected i/n with integers, e.g. 0/4") from err
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {shard!r}: need n >= 1 and 0 <= i < n")
+    return i, n
+
+
+def split_for_shard(scenes: Sequence[Path], i: int, n: int) -> List[Path]:
+    """Scenes i, i+n, i+2n, ...: the parts for i = 0..n-1 cover every scene exactly once."""
+    return list(scenes[i::n])
+
+
+# ------------------------------------------------------------------------------------------------ run settings
+
+
+def draw_num_views(rng: np.random.Generator, scale: float, min_views: int = 1, max_views: int = 6) -> int:
+    """C = 1 + floor(Exp(scale)), clipped to [min_views, max_views].
+
+    With scale 1.5: P(C=1) = 1 - e^(-2/3) ~ 0.49, P(C=2) ~ 0.25, P(C=3) ~ 0.13, P(C>=4) ~ 0.14.
+    """
+    return int(np.clip(1 + math.floor(rng.exponential(scale)), min_views, max_views))
+
+
+def snapshot_steps(max_steps: int, every: int) -> List[int]:
+    """0, every, 2*every, ... below max_steps, then max_steps."""
+    return list(range(0, max_steps, every)) + [max_steps]
+
+
+def run_seed(seed: int, name: str) -> int:
+    """Seed of one (scene, run): a function of the export seed and the shard name only (not of --shard i/n)."""
+    return zlib.crc32(f"{seed}/{name}".encode()) & 0x7FFFFFFF
+
+
+def _coerce(raw, current, annotation: str = ""):
+    """A command-line override string as the type of the field it replaces (YAML scalars / lists).
+
+    ``annotation`` is the field's declared type (as text); it decides for fields whose value is None now.
+    """
+    if not isinstance(raw, str) or isinstance(current, str):
+        return raw
+    if isinstance(current, Path) or (current is None and "Path" in annotation):
+        return Path(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, list) and (isinstance(current, tuple) or "Tuple" in annotation or "tuple" in annotation):
+        return tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def apply_overrides(config: TrainerConfig, overrides: Dict[str, object]) -> None:
+    """Set dotted config paths (``pipeline.model.sh_degree``; dict keys work too) to values or value strings."""
+    for dotted, raw in overrides.items():
+        *parents, last = dotted.split(".")
+        obj = config
+        for name in parents:
+            obj = obj[name] if isinstance(obj, dict) and name in obj else getattr(obj, name, None)
+            if obj is None:
+                raise ValueError(f"override {dotted!r}: the config has no {name!r} on that path")
+        if isinstance(obj, dict):
+            obj[last] = _coerce(raw, obj.get(last))
+        elif hasattr(obj, last):
+            fields = {f.name: str(f.type) for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+            setattr(obj, last, _coerce(raw, getattr(obj, last), fields.get(last, "")))
+        else:
+            raise ValueError(f"override {dotted!r}: {type(obj).__name__} has no field {last!r}")
+
+
+# ------------------------------------------------------------------------------------------------ scene frames
+
+
+@dataclass
+class SceneFrames:
+    """Every frame of a scene in the coordinate frame its training run uses, with ground-truth pixels."""
+
+    scene: Path
+    filenames: List[Path]
+    cameras: Cameras
+    images: UInt8[np.ndarray, "F H W 3"]
+    masks: Optional[UInt8[np.ndarray, "F H W"]]
+    c2w: Float[np.ndarray, "F 3 4"]
+    intrinsics: Float[np.ndarray, "F 4"]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.filenames)
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+
+def _load_pixels(path: Path, size: Tuple[int, int], mode: str, scene: Path) -> np.ndarray:
+    """uint8 pixels of ``path`` in PIL ``mode``; the size must be the camera's (H, W)."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert(mode), dtype=np.uint8)
+    except (OSError, ValueError) as err:
+        raise SceneError(f"scene {scene}: unreadable image {path} ({err})") from err
+    if arr.shape[:2] != size:
+        raise SceneError(f"scene {scene}: {path} is {arr.shape[1]}x{arr.shape[0]}, its camera says {size[1]}x{size[0]}")
+    return arr
+
+
+def load_scene_frames(scene: Path, parser: DataParserConfig) -> SceneFrames:
+    """All frames of ``scene`` through ``parser`` (split disabled), images loaded and checked for one size."""
+    parser = copy.deepcopy(parser)
+    parser.data = Path(scene)
+    parser.num_input_views, parser.input_views = 0, None  # 0: every frame is in the "train" split
+    if hasattr(parser, "input_frame_numbers"):
+        parser.input_frame_numbers = None
+    try:
+        outputs = parser.setup().get_dataparser_outputs(split="train")
+    except (ValueError, OSError) as err:  # malformed annotations, missing or unreadable files
+        raise SceneError(f"scene {scene}: {err}") from err
+    cameras = outputs.cameras
+    heights, widths = cameras.height.view(-1), cameras.width.view(-1)
+    if not (torch.all(heights == heights[0]) and torch.all(widths == widths[0])):
+        raise SceneError(f"scene {scene}: frames differ in size; a shard needs one size (for CO3D set a square crop)")
+    size = (int(heights[0]), int(widths[0]))
+    images = np.stack([_load_pixels(p, size, "RGB", scene) for p in outputs.image_filenames])
+    masks = None
+    if outputs.mask_filenames:
+        masks = np.stack([_load_pixels(p, size, "L", scene) for p in outputs.mask_filenames])
+    intrinsics = torch.stack([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1).view(-1, 4)
+    return SceneFrames(
+        scene=Path(scene),
+        filenames=[Path(p) for p in outputs.image_filenames],
+        cameras=cameras,
+        images=images,
+        masks=masks,
+        c2w=cameras.camera_to_worlds.numpy().astype(np.float32),
+        intrinsics=intrinsics.numpy().astype(np.float32),
+    )
+
+
+def input_indices(frames: SceneFrames, datamanager) -> List[int]:
+    """Positions (in ``frames``) of the training run's input views, checked to share its cameras."""
+    position = {p.resolve(): i for i, p in enumerate(frames.filenames)}
+    outputs = datamanager.train_dataparser_outputs
+    try:
+        indices = [position[Path(p).resolve()] for p in outputs.image_filenames]
+    except KeyError as err:
+        raise RuntimeError(f"scene {frames.scene}: input view {err} is not one of the scene's frames") from err
+    train_c2w = outputs.cameras.camera_to_worlds.numpy()
+    if not np.allclose(train_c2w, frames.c2w[indices], atol=1e-5):
+        raise RuntimeError(f"scene {frames.scene}: training and export cameras differ (normalisation mismatch)")
+    return indices
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+@torch.no_grad()
+def render_all_frames(model, cameras: Cameras, out: UInt8[np.ndarray, "F H W 3"]) -> None:
+    """Render ``model`` at every camera into ``out`` (eval mode: fixed background, no densification)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(cameras.shape[0]):
+            rgb = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))["rgb"]
+            out[i] = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    finally:
+        if was_training:
+            model.train()
+
+
+class RenderLatentEncoder:
+    """The VAE of an itergen diffusion checkpoint, encoding renders exactly as the diffusion trainer would.
+
+    Renders are resized to the model resolution and stored as scaled latents (posterior mode * scaling_factor,
+    ``IterGenDiffusionModel.encode_latents``) in fp16; the trainer uses them instead of encoding on the fly
+    when their shape matches its model's.
+    """
+
+    def __init__(self, checkpoint: Path, device: Optional[str] = None, batch: int = 32):
+        from itergen_ns.diffusion.model import IterGenDiffusionModel
+
+        self.checkpoint = Path(checkpoint)
+        self.model = IterGenDiffusionModel.from_pretrained(self.checkpoint)
+        self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+        self.batch = batch
+        self.shape = (int(self.model.vae.config.latent_channels), *self.model.latent_hw)
+
+    @torch.no_grad()
+    def __call__(self, renders: UInt8[np.ndarray, "N H W 3"]) -> Float[np.ndarray, "N c h w"]:
+        out = np.empty((len(renders), *self.shape), dtype=np.float16)
+        for i in range(0, len(renders), self.batch):
+            x = torch.from_numpy(np.ascontiguousarray(renders[i : i + self.batch])).permute(0, 3, 1, 2).float() / 255
+            out[i : i + self.batch] = self.model.encode_latents(self.model.resize(x)).cpu().numpy().astype(np.float16)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+@dataclass
+class ExportReport:
+    """What one export call did, shard names per outcome."""
+
+    written: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    """Already finished by an earlier (or another) export."""
+    failed: Dict[str, str] = field(default_factory=dict)
+    """Shard name -> error message (bad input; nothing of the shard was left behind)."""
+
+
+@dataclass
+class ExportSnapshotsConfig:
+    """Export snapshot shards (DESIGN §6) for every scene under ``data``."""
+
+    data: Tuple[Path, ...]
+    """Scene folders or folders of scenes (procedural collection root, CO3D category folder)."""
+    out: Path
+    """Snapshot root to write (created; an existing one must hold the same format version)."""
+    every: int = 100
+    """Render the model along the trajectory after every this many optimisation steps."""
+    max_steps: int = 1000
+    """Steps per splatfacto run (the paper goes up to 30,000)."""
+    runs_per_scene: int = 1
+    """Independent runs per scene, each with its own C, input views and seed."""
+    views_scale: float = 1.5
+    """Scale of the exponential that draws C = 1 + floor(Exp(scale)) (favours 1-3 views)."""
+    min_views: int = 1
+    """C is clipped to [min_views, max_views]."""
+    max_views: int = 6
+    seed: int = 0
+    """Export seed; each run's seed is derived from it and the run's shard name."""
+    shard: str = "0/1"
+    """i/n: this process exports scenes i, i+n, i+2n, ... (split across processes or machines)."""
+    include_heldout: bool = False
+    """Also export the scenes a procedural collection's scenes.json marks held-out (evaluation scenes)."""
+    method: str = "itergen-splatfacto"
+    """Registered nerfstudio method to train."""
+    work_dir: Optional[Path] = None
+    """Where the splatfacto runs write their nerfstudio outputs (default OUT/runs)."""
+    keep_runs: bool = False
+    """Keep each run's nerfstudio output folder (config, checkpoint, tensorboard) after its shard is written."""
+    overrides: Dict[str, str] = field(default_factory=dict)
+    """Dotted trainer-config paths and values, e.g. pipeline.model.sh_degree 1 (YAML values)."""
+    latents_vae: Optional[Path] = None
+    """An itergen diffusion checkpoint (save_pretrained folder): its VAE also stores every render as fp16
+    ``render_latents`` at that model's resolution, so diffusion training skips encoding them."""
+    nerfstudio: SparseNerfstudioDataParserConfig = field(default_factory=SparseNerfstudioDataParserConfig)
+    """Parser settings for nerfstudio-format scenes (the split fields are set by the exporter)."""
+    co3d: CO3DDataParserConfig = field(
+        default_factory=lambda: CO3DDataParserConfig(crop_size=1 << 16, crop_output_size=256)
+    )
+    """Parser settings for CO3D sequences. Default: the largest square around the object (crop_size is shrunk
+    to fit), resized to 256 px, since a shard holds one frame size."""
+
+    def main(self) -> int:
+        """Export this process's part; exit status 1 when some scene failed (the others are complete)."""
+        report = self.export()
+        if report.failed:
+            CONSOLE.print(f"[bold red]{len(report.failed)} shard(s) failed (the others are complete):")
+            for name, msg in report.failed.items():
+                CONSOLE.print(f"  [red]{name}: {msg}")
+        CONSOLE.print(
+            f"{len(report.written)} shard(s) written, {len(report.skipped)} already finished, "
+            f"{len(report.failed)} failed -> {self.out}"
+        )
+        return 1 if report.failed else 0
+
+    def check(self) -> None:
+        """Reject inconsistent settings before anything is trained."""
+        if self.every < 1 or self.max_steps < 1 or self.runs_per_scene < 1:
+            raise ValueError("--every, --max-steps and --runs-per-scene must be >= 1")
+        if not 1 <= self.min_views <= self.max_views or self.views_scale <= 0:
+            raise ValueError("need 1 <= --min-views <= --max-views and --views-scale > 0")
+        if not self.data:
+            raise ValueError("--data: give at least one scene or folder of scenes")
+
+    def jobs(self) -> List[Tuple[Path, int]]:
+        """(scene, run) pairs of this process's part, in export order."""
+        i, n = parse_shard_arg(self.shard)
+        scenes = discover_scenes(self.data, self.include_heldout)
+        keys: Dict[str, Path] = {}
+        for scene in scenes:
+            other = keys.setdefault(scene_key(scene), scene)
+            if other != scene:
+                raise ValueError(f"scenes {other} and {scene} would share shard names ({scene_key(scene)}); rename one")
+        return [(scene, run) for scene in split_for_shard(scenes, i, n) for run in range(self.runs_per_scene)]
+
+    def export(self) -> ExportReport:
+        """Write every missing shard of this process's part; bad scenes are reported and skipped."""
+        self.check()
+        ensure_format(self.out)
+        jobs = self.jobs()
+        stale = remove_stale_temporaries(self.out, [shard_name(s, r) for s, r in jobs])
+        if stale:
+            CONSOLE.log(f"Removed {stale} unfinished shard(s) left by an interrupted export")
+        pending = [job for job in jobs if not shard_exists(self.out, shard_name(*job))]
+        encoder = RenderLatentEncoder(self.latents_vae) if self.latents_vae is not None and pending else None
+        report = ExportReport()
+        columns = (TextColumn("[bold]export"), BarColumn(), TextColumn("{task.completed}/{task.total} shards"),
+                   TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+        with Progress(*columns, console=CONSOLE) as progress:
+            task = progress.add_task("export", total=len(jobs))
+            for scene, run in jobs:
+                name = shard_name(scene, run)
+                try:
+                    (report.written if self.export_one(scene, run, encoder) else report.skipped).append(name)
+                except SceneError as err:
+                    report.failed[name] = str(err)
+                    CONSOLE.print(f"[bold red]Skipped {name}: {err}")
+                progress.advance(task)
+        return report
+
+    def parser_for(self, scene: Path) -> DataParserConfig:
+        """A copy of the parser template matching ``scene``'s kind, pointed at it."""
+        parser = copy.deepcopy(self.co3d if is_co3d_sequence(scene) else self.nerfstudio)
+        parser.data = Path(scene)
+        return parser
+
+    def export_one(self, scene: Path, run: int, encoder: Optional[RenderLatentEncoder] = None) -> Optional[Path]:
+        """Train one run and write its shard (with ``encoder``: also render latents); None if it already exists."""
+        name = shard_name(scene, run)
+        if shard_exists(self.out, name):
+            return None
+        seed = run_seed(self.seed, name)
+        num_views = draw_num_views(np.random.default_rng(seed), self.views_scale, self.min_views, self.max_views)
+        run_dir = Path(self.work_dir or self.out / "runs")
+        config = self.train_config(scene, name, self.parser_for(scene), num_views, seed, run_dir)
+        frames = load_scene_frames(scene, config.pipeline.datamanager.dataparser)  # the run's parser, overrides in
+        if frames.num_frames < num_views + 1:
+            raise SceneError(
+                f"scene {scene}: {frames.num_frames} frames, need at least {num_views + 1} for {num_views} input "
+                "view(s) plus one other frame"
+            )
+        steps = snapshot_steps(self.max_steps, self.every)
+        start = time.time()
+        try:
+            with ShardWriter(self.out, name) as writer:
+                writer.save("images", frames.images)
+                writer.save("c2w", frames.c2w)
+                writer.save("intrinsics", frames.intrinsics)
+                writer.save("steps", np.asarray(steps, dtype=np.int64))
+                if frames.masks is not None:
+                    writer.save("masks", frames.masks)
+                renders = writer.open("renders", (len(steps), frames.num_frames, *frames.size, 3), np.uint8)
+                model, inputs = self._train_and_render(config, frames, renders, steps, num_views)
+                writer.save("input_indices", np.asarray(inputs, dtype=np.int64))
+                renders.flush()
+                if encoder is not None:
+                    latents = writer.open("render_latents", (len(steps), frames.num_frames, *encoder.shape), np.float16)
+                    for k in range(len(steps)):
+                        latents[k] = encoder(renders[k])
+                    latents.flush()
+                    del latents
+                del renders
+                meta = {
+                    "scene": scene_key(scene),
+                    "source": str(scene),
+                    "run": run,
+                    "seed": seed,
+                    "method": self.method,
+                    "num_frames": frames.num_frames,
+                    "height": frames.size[0],
+                    "width": frames.size[1],
+                    "num_input_views": num_views,
+                    "input_indices": inputs,
+                    "steps": steps,
+                    "max_steps": self.max_steps,
+                    "every": self.every,
+                    "num_gaussians": int(model.num_points),
+                    "frame_files": [_relative(p, scene) for p in frames.filenames],
+                    "has_masks": frames.masks is not None,
+                    "render_latents": None
+                    if encoder is None
+                    else {"checkpoint": str(encoder.checkpoint), "shape": list(encoder.shape), "dtype": "float16"},
+                    "seconds": round(time.time() - start, 2),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+                return writer.commit(meta)
+        finally:
+            if not self.keep_runs:
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+
+    def train_config(
+        self, scene: Path, name: str, parser: DataParserConfig, num_views: int, seed: int, run_dir: Path
+    ) -> TrainerConfig:
+        """The nerfstudio config of one run: C input views of ``scene``, seeded, overrides applied last."""
+        spec = TrainSpec(
+            method=self.method,
+            data=scene,
+            output_dir=run_dir,
+            num_input_views=num_views,
+            input_view_seed=seed,
+            steps=self.max_steps,
+            seed=seed,
+            experiment_name=name,
+            vis="tensorboard",
+        )
+        config = build_config(spec)
+        config.pipeline.datamanager.dataparser = parser
+        if hasattr(config.pipeline.datamanager, "init_seed"):
+            config.pipeline.datamanager.init_seed = seed
+        apply_overrides(config, self.overrides)
+        return config
+
+    def _train_and_render(self, config, frames: SceneFrames, renders: np.ndarray, steps: List[int], num_views: int):
+        """Run the training with snapshot callbacks; returns (model, input indices)."""
+        state: Dict[str, object] = {}
+
+        def on_setup(trainer) -> None:
+            state["model"] = trainer.pipeline.model
+            state["inputs"] = input_indices(frames, trainer.pipeline.datamanager)
+            if len(state["inputs"]) != num_views:
+                raise RuntimeError(f"scene {frames.scene}: asked for {num_views} input views, the run has "
+                                   f"{len(state['inputs'])}")  # fmt: skip
+
+        def snapshot(step: int) -> None:
+            render_all_frames(state["model"], frames.cameras, renders[steps.index(step)])
+
+        callback = TrainingCallback(
+            [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], snapshot, update_every_num_iters=self.every
+        )
+        train(config, [callback], on_setup=on_setup)
+        model = state["model"]
+        model.step = self.max_steps  # the state after max_steps steps (SH degree schedule as during training)
+        render_all_frames(model, frames.cameras, renders[-1])
+        return model, list(state["inputs"])
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+
+@dataclass
+class SummaryConfig:
+    """List the shards of a snapshot root with scenes, snapshot counts and bytes."""
+
+    root: Path
+    """Snapshot root written by `itergen export-snapshots`."""
+
+    def main(self) -> int:
+        rows = summarize(self.root)
+        table = Table(title=f"snapshots in {self.root}")
+        for col in ("shard", "scene", "frames", "inputs", "snapshots", "MB", "seconds"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r.name, r.scene, str(r.frames), str(r.meta.get("num_input_views", "?")), str(r.snapshots),
+                f"{r.bytes / 2**20:.2f}", str(r.meta.get("seconds", "?")),
+            )  # fmt: skip
+        CONSOLE.print(table)
+        CONSOLE.print(
+            f"{len(rows)} shards, {len({r.scene for r in rows})} scenes, {sum(r.snapshots for r in rows)} snapshots, "
+            f"{sum(r.snapshots * r.frames for r in rows)} rendered frames, {sum(r.bytes for r in rows)} bytes"
+        )
+        return 0
