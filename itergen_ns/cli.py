@@ -7,6 +7,7 @@ subcommand runs, so `itergen --help` stays fast and one job's heavy imports don'
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -40,6 +41,9 @@ def _usage() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # OpenMP threads that spin while waiting make CPU training many times slower on a busy machine; must be
+    # set before torch starts its thread pool, i.e. before the subcommand's modules are imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+from typing import Type
+
 import torch
+from torch.optim import Optimizer, lr_scheduler
 
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.schedulers import ExponentialDecayScheduler, ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
@@ -21,6 +26,39 @@ from itergen_ns.models.splatfacto import IterGenSplatfactoModelConfig
 DEFAULT_STEPS = 5000
 
 
+class FloatExponentialDecayScheduler(ExponentialDecayScheduler):
+    """nerfstudio's exponential decay with warm-up, computed in Python floats.
+
+    nerfstudio's version returns numpy scalars, which end up in the optimiser/scheduler state of every checkpoint;
+    torch>=2.6 loads checkpoints with ``weights_only=True`` and refuses them, so ``ns-eval``/``ns-render`` failed.
+    """
+
+    config: "FloatExponentialDecaySchedulerConfig"
+
+    def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> lr_scheduler.LRScheduler:
+        cfg = self.config
+        lr_final = lr_init if cfg.lr_final is None else cfg.lr_final
+
+        def func(step: int) -> float:
+            if step < cfg.warmup_steps:
+                frac = min(max(step / cfg.warmup_steps, 0.0), 1.0)
+                ramp = math.sin(0.5 * math.pi * frac) if cfg.ramp == "cosine" else frac
+                lr = cfg.lr_pre_warmup + (lr_init - cfg.lr_pre_warmup) * ramp
+            else:
+                t = min(max((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 0.0), 1.0)
+                lr = math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
+            return float(lr / lr_init)
+
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=func)
+
+
+@dataclass
+class FloatExponentialDecaySchedulerConfig(ExponentialDecaySchedulerConfig):
+    """ExponentialDecaySchedulerConfig whose checkpoints hold plain floats (loadable with weights_only=True)."""
+
+    _target: Type = field(default_factory=lambda: FloatExponentialDecayScheduler)
+
+
 def gaussian_optimizers(max_steps: int = DEFAULT_STEPS) -> dict:
     """Splatfacto's per-parameter Adam settings, with the means' decay stretched over ``max_steps``."""
 
@@ -30,7 +68,7 @@ def gaussian_optimizers(max_steps: int = DEFAULT_STEPS) -> dict:
     return {
         "means": {
             "optimizer": AdamOptimizerConfig(lr=1.6e-4, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps),
+            "scheduler": FloatExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps),
         },
         "features_dc": adam(0.0025),
         "features_rest": adam(0.0025 / 20),
@@ -39,7 +77,7 @@ def gaussian_optimizers(max_steps: int = DEFAULT_STEPS) -> dict:
         "quats": adam(0.001),
         "camera_opt": {
             "optimizer": AdamOptimizerConfig(lr=1e-4, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=max_steps, warmup_steps=500),
+            "scheduler": FloatExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=max_steps, warmup_steps=500),
         },
     }
 

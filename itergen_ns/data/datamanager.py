@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional, Tuple, Type
 
 import torch
@@ -30,8 +31,14 @@ class SparseViewDatamanagerConfig(FullImageDatamanagerConfig):
     input_views: Optional[Tuple[int, ...]] = None
     """Explicit input frame indices; overrides num_input_views."""
     init_num_points: int = 20000
-    """Random initial Gaussians in the estimated object bounds, used when the data has no point cloud."""
+    """Initial Gaussians: back-projected from depth (depth_model), else random in the estimated object bounds when
+    the data has no point cloud."""
     init_seed: int = 0
+    depth_model: Optional[Path] = None
+    """Local transformers depth-estimation model directory (DPT / Depth Anything, with its image processor):
+    initialise from the input views' depth, aligned to the estimated object distance (replaces other init points)."""
+    depth_output: Literal["auto", "disparity", "depth"] = "auto"
+    """What depth_model predicts: auto (metric Depth Anything -> depth, anything else -> relative inverse depth)."""
 
 
 class SparseViewDatamanager(FullImageDatamanager):
@@ -40,6 +47,12 @@ class SparseViewDatamanager(FullImageDatamanager):
     config: SparseViewDatamanagerConfig
 
     def __init__(self, config: SparseViewDatamanagerConfig, *args, **kwargs):
+        if config.depth_model is not None:  # fail before images are loaded
+            from itergen_ns.data.depth_init import check_depth_model_path
+
+            check_depth_model_path(config.depth_model)
+            if config.init_num_points <= 0:
+                raise ValueError("--pipeline.datamanager.depth-model needs init-num-points > 0")
         parser_cfg = config.dataparser
         if isinstance(parser_cfg, SparseSplitConfig):
             parser_cfg.num_input_views = config.num_input_views
@@ -54,13 +67,28 @@ class SparseViewDatamanager(FullImageDatamanager):
         if len(self.train_dataset) == 0:
             raise ValueError(f"{config.data}: no input views were selected")
         metadata = self.train_dataparser_outputs.metadata
-        if "points3D_xyz" not in metadata and config.init_num_points > 0:
+        if config.depth_model is not None:
+            xyz, rgb = self._depth_points()
+            metadata["points3D_xyz"], metadata["points3D_rgb"] = xyz, rgb
+            CONSOLE.log(f"Initialised {len(xyz)} points from the depth of {len(self.cached_train)} input view(s)")
+        elif "points3D_xyz" not in metadata and config.init_num_points > 0:
             images = [self._uint8_image(d["image"]) for d in self.cached_train]
             xyz, rgb = random_points_in_bounds(
                 self.train_dataset.cameras, images, config.init_num_points, seed=config.init_seed
             )
             metadata["points3D_xyz"], metadata["points3D_rgb"] = xyz, rgb
             CONSOLE.log(f"Initialised {len(xyz)} points in the bounds estimated from {len(images)} input view(s)")
+
+    def _depth_points(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        from itergen_ns.data.depth_init import MonocularDepth, depth_points
+
+        config = self.config
+        device = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        model = MonocularDepth(config.depth_model, device=device, output=config.depth_output)
+        images = [self._uint8_image(d["image"]) for d in self.cached_train]
+        masks = [d["mask"][..., 0].bool().cpu() if "mask" in d else None for d in self.cached_train]
+        cameras = self.train_dataset.cameras
+        return depth_points(model, cameras, images, config.init_num_points, seed=config.init_seed, masks=masks)
 
     @staticmethod
     def _uint8_image(image: torch.Tensor) -> torch.Tensor:

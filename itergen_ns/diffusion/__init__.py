@@ -1,1 +1,38 @@
-"""itergen_ns.diffusion"""
+"""itergen_ns.diffusion: the render-conditioned video diffusion model P_theta(x_g | z_t, x_c, c_g).
+
+Layout (diffusers-style separation):
+
+* ``configs``   -- :class:`DiffusionModelConfig` and the named presets ``tiny`` / ``svd``
+* ``model``     -- :class:`IterGenDiffusionModel` (denoiser + frozen VAE / CLIP / DINOv2), training loss
+* ``pipeline``  -- :class:`IterGenVideoPipeline`, the sampler with two-scale classifier-free guidance
+* ``guidance``, ``edm``, ``poses``, ``view_tokens``, ``image_features``, ``unet`` -- single-purpose parts
+* ``data``, ``train``, ``vae_fit``, ``visualize`` -- the standalone training script and its helpers
+"""
+
+from itergen_ns.diffusion.configs import (
+    MODEL_CONFIGS,
+    ComponentSource,
+    DiffusionModelConfig,
+    get_model_config,
+    svd_config,
+    tiny_config,
+)
+from itergen_ns.diffusion.guidance import combine_guidance
+from itergen_ns.diffusion.model import Conditioning, IterGenDenoiser, IterGenDiffusionModel
+from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
+from itergen_ns.diffusion.weights import MissingWeightsError
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "ComponentSource",
+    "Conditioning",
+    "DiffusionModelConfig",
+    "IterGenDenoiser",
+    "IterGenDiffusionModel",
+    "IterGenVideoPipeline",
+    "MissingWeightsError",
+    "combine_guidance",
+    "get_model_config",
+    "svd_config",
+    "tiny_config",
+]

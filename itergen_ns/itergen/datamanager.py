@@ -74,6 +74,12 @@ class IterGenDataManager(SparseViewDatamanager):
     config: IterGenDataManagerConfig
 
     def __init__(self, config: IterGenDataManagerConfig, *args, **kwargs):
+        if config.input_views is not None and len(config.input_views) == 0:
+            raise ValueError("itergen needs at least one input view: --pipeline.datamanager.input-views is empty")
+        if not 0.0 <= config.p_input <= 1.0:
+            raise ValueError(f"--pipeline.datamanager.p-input must be in [0, 1], got {config.p_input}")
+        if config.generate_every < 1:
+            raise ValueError(f"--pipeline.datamanager.generate-every must be >= 1, got {config.generate_every}")
         super().__init__(config, *args, **kwargs)
         self._model_ref: Optional[_Ref] = None
         self._generator_ref: Optional[_Ref] = None
@@ -99,6 +105,12 @@ class IterGenDataManager(SparseViewDatamanager):
         g = self.num_frames
         if g < 2:
             raise ValueError(f"num_generated_frames must be >= 2, got {g}")
+        num_inputs = len(self.train_dataset)
+        if num_inputs > generator.max_input_views:
+            raise ValueError(
+                f"{num_inputs} input views, but the diffusion model is conditioned on at most "
+                f"{generator.max_input_views}; lower --pipeline.datamanager.num-input-views"
+            )
         self._input_images, self._input_poses = self._conditioning_inputs()
 
     @property

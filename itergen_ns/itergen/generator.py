@@ -62,8 +62,9 @@ class Generator:
             from itergen_ns.diffusion.configs import tiny_config
             from itergen_ns.diffusion.model import IterGenDiffusionModel
 
-            torch.manual_seed(0)
-            pipe = IterGenVideoPipeline(IterGenDiffusionModel.from_config(tiny_config()))
+            with torch.random.fork_rng(devices=[]):  # same random model every time, global RNG left untouched
+                torch.manual_seed(0)
+                pipe = IterGenVideoPipeline(IterGenDiffusionModel.from_config(tiny_config()))
             CONSOLE.print("[bold yellow]itergen: using an untrained tiny diffusion model (random init)")
         else:
             path = Path(config.checkpoint)
@@ -81,12 +82,14 @@ class Generator:
         cfg, source = self.config, self.config.checkpoint or "the random tiny model"
         if cfg.expected_num_frames is not None and cfg.expected_num_frames != self.num_frames:
             raise ValueError(
-                f"{source}: generates {self.num_frames} frames per clip, but expected_num_frames is "
-                f"{cfg.expected_num_frames}"
+                f"{source}: generates {self.num_frames} frames per clip, but the run expects "
+                f"{cfg.expected_num_frames} (--pipeline.generator.expected-num-frames / "
+                "--pipeline.datamanager.num-generated-frames)"
             )
         if cfg.expected_resolution is not None and (self.height, self.width) != (cfg.expected_resolution,) * 2:
             raise ValueError(
-                f"{source}: resolution {self.height}x{self.width}, but expected_resolution is {cfg.expected_resolution}"
+                f"{source}: resolution {self.height}x{self.width}, but the run expects "
+                f"{cfg.expected_resolution}x{cfg.expected_resolution} (--pipeline.generator.expected-resolution)"
             )
 
     @property
@@ -100,6 +103,11 @@ class Generator:
     @property
     def num_frames(self) -> int:
         return self.pipe.num_frames
+
+    @property
+    def max_input_views(self) -> int:
+        """Most input images one sample can be conditioned on."""
+        return int(self.pipe.model.config.max_input_views)
 
     @torch.no_grad()
     def sample(

@@ -50,6 +50,7 @@ from itergen_ns.snapshots.format import (
     shard_exists,
     summarize,
 )
+from itergen_ns.training.frames import render_all_frames
 from itergen_ns.training.runner import TrainSpec, build_config, train
 
 SCENE_INDEX = "scenes.json"  # written by `itergen make-scenes`; its "split" marks train and held-out scenes
@@ -274,20 +275,6 @@ def input_indices(frames: SceneFrames, datamanager) -> List[int]:
 
 
 # ------------------------------------------------------------------------------------------------ rendering
-
-
-@torch.no_grad()
-def render_all_frames(model, cameras: Cameras, out: UInt8[np.ndarray, "F H W 3"]) -> None:
-    """Render ``model`` at every camera into ``out`` (eval mode: fixed background, no densification)."""
-    was_training = model.training
-    model.eval()
-    try:
-        for i in range(cameras.shape[0]):
-            rgb = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))["rgb"]
-            out[i] = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    finally:
-        if was_training:
-            model.train()
 
 
 class RenderLatentEncoder:

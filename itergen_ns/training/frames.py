@@ -43,17 +43,20 @@ def load_frames(paths: List[Path], size: Optional[Tuple[int, int]] = None) -> Li
 
 @torch.no_grad()
 def render_all_frames(model, cameras: Cameras, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Render ``model`` at every camera (eval mode, fixed background) into uint8 [F, H, W, 3]."""
+    """Render ``model`` at every camera into uint8 [F, H, W, 3] (``out`` when given, e.g. a memory map);
+    eval mode: fixed background, no densification bookkeeping."""
     was_training = model.training
     model.eval()
     frames = []
-    for i in range(cameras.shape[0]):
-        rgb = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))["rgb"]
-        frame = (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        if out is not None:
-            out[i] = frame
-        else:
-            frames.append(frame)
-    if was_training:
-        model.train()
+    try:
+        for i in range(cameras.shape[0]):
+            rgb = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))["rgb"]
+            frame = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            if out is not None:
+                out[i] = frame
+            else:
+                frames.append(frame)
+    finally:
+        if was_training:
+            model.train()
     return out if out is not None else np.stack(frames)
