@@ -1,0 +1,285 @@
+"""Model configuration of P_theta and its two named presets, ``tiny`` (random init, CPU) and ``svd`` (real sizes).
+
+A :class:`DiffusionModelConfig` says, for each component (UNet, VAE, CLIP, DINOv2, scheduler), either where to
+load pretrained weights from (hub id or local directory, plus subfolder) or which constructor kwargs to build
+it from at random. Both presets go through exactly the same code paths; only sizes and sources differ.
+The config is plain data (JSON round-trip via :func:`config_to_dict` / :func:`config_from_dict`) so a saved
+model directory records how it was built.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+SVD_HUB_ID = "stabilityai/stable-video-diffusion-img2vid"
+DINOV2_HUB_ID = "facebook/dinov2-base"
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Stable Video Diffusion's scheduler: EDM sigmas (Karras), v-prediction, continuous timesteps 0.25*ln(sigma).
+SVD_SCHEDULER_KWARGS: Dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="v_prediction",
+    interpolation_type="linear",
+    use_karras_sigmas=True,
+    sigma_min=0.002,
+    sigma_max=700.0,
+    timestep_spacing="leading",
+    timestep_type="continuous",
+    steps_offset=1,
+)
+
+EXTRA_MAP_CHANNELS = {"plucker": 6}
+
+
+@dataclass
+class ComponentSource:
+    """Where one component comes from: ``pretrained`` (hub id or local dir, optional subfolder) or random init.
+
+    ``kwargs`` are the constructor arguments used for random init (ignored when ``pretrained`` is set).
+    """
+
+    pretrained: Optional[str] = None
+    subfolder: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    variant: Optional[str] = None
+
+
+@dataclass
+class DiffusionModelConfig:
+    """Everything needed to build P_theta(x_g | z_t, x_c, c_g)."""
+
+    name: str
+    height: int
+    """Pixel height of generated frames (the model's working resolution)."""
+    width: int
+    num_frames: int
+    """Frames per generated clip G (the UNet handles other counts, but it is trained on this one)."""
+    max_input_views: int
+    """K: input-view slots in the cross-attention sequence (1 + 3K tokens; unused slots are zero tokens)."""
+    unet: ComponentSource
+    vae: ComponentSource
+    clip: ComponentSource
+    dino: ComponentSource
+    scheduler: ComponentSource
+    extra_maps: Tuple[str, ...] = ()
+    """Extra per-frame input maps after the render latent; supported: "plucker" (6 ch., rays of the target camera)."""
+    clip_image_size: int = 224
+    dino_image_size: int = 224
+    clip_mean: Tuple[float, float, float] = CLIP_MEAN
+    clip_std: Tuple[float, float, float] = CLIP_STD
+    dino_mean: Tuple[float, float, float] = IMAGENET_MEAN
+    dino_std: Tuple[float, float, float] = IMAGENET_STD
+    pose_num_freqs: int = 6
+    pose_hidden_dim: int = 256
+    pose_translation_scale: float = 1.0
+    """Relative translations are multiplied by this before the Fourier features (poses in nerfstudio units)."""
+    fps_id: int = 6
+    """SVD added_time_ids[0] (SVD was trained on fps-1; 6 = its default 7 fps), kept fixed."""
+    motion_bucket_id: int = 127
+    """SVD added_time_ids[1], kept fixed at SVD's default."""
+    render_noise: float = 0.1
+    """Default std of the Gaussian noise on render latents (in the unit-variance latent space); time id [2]."""
+    sigma_p_mean: float = 0.7
+    """Training noise levels: ln(sigma) ~ N(sigma_p_mean, sigma_p_std^2) (EDM / SVD fine-tuning)."""
+    sigma_p_std: float = 1.6
+    guidance_3d: float = 1.0
+    guidance_input: float = 1.0
+    num_inference_steps: int = 25
+    seed: int = 0
+    """Seed of random initialisation (components without pretrained weights)."""
+    allow_download: bool = False
+    """Allow from_pretrained to reach the Hugging Face hub; off by default so nothing hits the network."""
+
+    @property
+    def extra_channels(self) -> int:
+        return sum(EXTRA_MAP_CHANNELS[name] for name in self.extra_maps)
+
+    @property
+    def unet_in_channels(self) -> int:
+        """Noisy latent (4) + render latent (4) + extra maps."""
+        return 8 + self.extra_channels
+
+    def validate(self) -> None:
+        unknown = [m for m in self.extra_maps if m not in EXTRA_MAP_CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown extra_maps {unknown}; supported: {sorted(EXTRA_MAP_CHANNELS)}")
+        if self.height % 8 or self.width % 8:
+            raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
+        if self.max_input_views < 1:
+            raise ValueError("max_input_views must be >= 1")
+
+
+def tiny_config(**overrides: Any) -> DiffusionModelConfig:
+    """Random-init model that trains and samples on a CPU in seconds (tests, demo): 32 px, 8 frames."""
+    cfg = DiffusionModelConfig(
+        name="tiny",
+        height=32,
+        width=32,
+        num_frames=8,
+        max_input_views=3,
+        unet=ComponentSource(
+            kwargs=dict(
+                block_out_channels=(32, 64),
+                down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+                up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+                layers_per_block=1,
+                cross_attention_dim=32,
+                num_attention_heads=(2, 4),
+                addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=24,
+                num_frames=8,
+            )
+        ),
+        vae=ComponentSource(
+            kwargs=dict(
+                down_block_types=("DownEncoderBlock2D",) * 3,
+                block_out_channels=(32, 32, 64),
+                layers_per_block=1,
+                latent_channels=4,
+                scaling_factor=1.0,
+            )
+        ),
+        clip=ComponentSource(
+            kwargs=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+                projection_dim=32,
+            )
+        ),
+        dino=ComponentSource(
+            kwargs=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            )
+        ),
+        scheduler=ComponentSource(kwargs=dict(SVD_SCHEDULER_KWARGS)),
+        clip_image_size=32,
+        dino_image_size=32,
+        pose_num_freqs=4,
+        pose_hidden_dim=32,
+        num_inference_steps=10,
+    )
+    return _apply(cfg, overrides)
+
+
+def svd_config(
+    init: Optional[str] = SVD_HUB_ID,
+    dino: Optional[str] = DINOV2_HUB_ID,
+    random_init: bool = False,
+    **overrides: Any,
+) -> DiffusionModelConfig:
+    """Real sizes: UNet, VAE, CLIP and scheduler from an SVD checkpoint (hub id or local dir), DINOv2-base.
+
+    ``random_init=True`` builds the same architectures without weights (benchmarks on a GPU without downloads).
+    """
+    # Architectures of stable-video-diffusion-img2vid (used for random init; loading reads the saved configs).
+    unet_kwargs = dict(
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
+        up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
+        layers_per_block=2,
+        cross_attention_dim=1024,
+        num_attention_heads=(5, 10, 20, 20),
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=768,
+        num_frames=20,
+    )
+    vae_kwargs = dict(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        scaling_factor=0.18215,
+        force_upcast=True,
+    )
+    clip_kwargs = dict(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        projection_dim=1024,
+        hidden_act="gelu",
+    )
+    dino_kwargs = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=518, patch_size=14)
+    src = None if random_init else init
+    cfg = DiffusionModelConfig(
+        name="svd",
+        height=256,
+        width=256,
+        num_frames=20,
+        max_input_views=6,
+        unet=ComponentSource(pretrained=src, subfolder="unet" if src else None, kwargs=unet_kwargs),
+        vae=ComponentSource(pretrained=src, subfolder="vae" if src else None, kwargs=vae_kwargs),
+        clip=ComponentSource(pretrained=src, subfolder="image_encoder" if src else None, kwargs=clip_kwargs),
+        dino=ComponentSource(pretrained=None if random_init else dino, kwargs=dino_kwargs),
+        scheduler=ComponentSource(
+            pretrained=src, subfolder="scheduler" if src else None, kwargs=dict(SVD_SCHEDULER_KWARGS)
+        ),
+        clip_image_size=224,
+        dino_image_size=224,
+        pose_hidden_dim=256,
+    )
+    return _apply(cfg, overrides)
+
+
+MODEL_CONFIGS: Dict[str, Callable[..., DiffusionModelConfig]] = {"tiny": tiny_config, "svd": svd_config}
+
+
+def get_model_config(name: str, **kwargs: Any) -> DiffusionModelConfig:
+    """Named preset (``tiny`` or ``svd``) with keyword overrides."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown diffusion model config {name!r}; choose one of {sorted(MODEL_CONFIGS)}")
+    return MODEL_CONFIGS[name](**kwargs)
+
+
+def _apply(cfg: DiffusionModelConfig, overrides: Dict[str, Any]) -> DiffusionModelConfig:
+    names = {f.name for f in dataclasses.fields(cfg)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise TypeError(f"unknown DiffusionModelConfig fields {bad}")
+    cfg = dataclasses.replace(cfg, **overrides)
+    if "extra_maps" in overrides:
+        cfg.extra_maps = tuple(cfg.extra_maps)
+    cfg.validate()
+    return cfg
+
+
+def config_to_dict(cfg: DiffusionModelConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: Dict[str, Any]) -> DiffusionModelConfig:
+    """Inverse of :func:`config_to_dict` (tuples restored, unknown keys rejected)."""
+    data = copy.deepcopy(data)
+    for key in ("unet", "vae", "clip", "dino", "scheduler"):
+        data[key] = ComponentSource(**data[key])
+    for key in ("extra_maps", "clip_mean", "clip_std", "dino_mean", "dino_std"):
+        if key in data:
+            data[key] = tuple(data[key])
+    for key in ("block_out_channels", "down_block_types", "up_block_types", "num_attention_heads"):
+        for comp in (data["unet"], data["vae"]):
+            if isinstance(comp.kwargs.get(key), list):
+                comp.kwargs[key] = tuple(comp.kwargs[key])
+    cfg = DiffusionModelConfig(**data)
+    cfg.validate()
+    return cfg

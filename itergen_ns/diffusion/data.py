@@ -1,0 +1,170 @@
+"""Training clips for P_theta drawn from snapshot shards (DESIGN §6), read only through ``snapshots.format``.
+
+One item = one shard, a clip of G consecutive frames along its trajectory (random start, random direction,
+random stride in ``frame_stride``), one snapshot step, and the input views of that shard's splatfacto run
+(optionally plus other frames of the sequence), all resized to the model resolution.
+
+Items are a pure function of ``(seed, index)``, so a run that resumes at step s and reads indices from
+``s * batch_size * world_size`` on sees exactly the data the interrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from itergen_ns.snapshots.format import SnapshotShard, list_shards, load_shard
+
+
+class EmptyDatasetError(ValueError):
+    """No usable snapshot shard was found."""
+
+
+def _to_float_images(arr: np.ndarray, hw: Tuple[int, int]) -> Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, h, w] in [0, 1], resized with antialiasing when needed."""
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 255.0
+    if tuple(x.shape[-2:]) != tuple(hw):
+        x = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return x
+
+
+class SnapshotClipDataset(Dataset):
+    """Map-style dataset of training clips; ``len`` is a virtual epoch (items are random draws keyed by index)."""
+
+    def __init__(
+        self,
+        root: Path,
+        height: int,
+        width: int,
+        num_frames: int,
+        max_input_views: int,
+        seed: int = 0,
+        frame_stride: Tuple[int, int] = (1, 1),
+        extra_input_prob: float = 0.0,
+        latent_shape: Optional[Tuple[int, int, int]] = None,
+        use_render_latents: bool = True,
+        length: int = 1_000_000,
+    ):
+        """``latent_shape`` = (4, h, w) of the model; precomputed ``render_latents`` are used only if every shard
+        has them at exactly that shape (otherwise renders are encoded by the trainer)."""
+        self.root = Path(root)
+        self.hw = (height, width)
+        self.num_frames = num_frames
+        self.max_input_views = max_input_views
+        self.seed = seed
+        self.frame_stride = (int(frame_stride[0]), int(max(frame_stride)))
+        self.extra_input_prob = extra_input_prob
+        self.length = length
+        self.shards: List[SnapshotShard] = []
+        min_span = (num_frames - 1) * self.frame_stride[0] + 1
+        for path in list_shards(self.root):
+            try:
+                shard = load_shard(path)
+            except (ValueError, OSError) as err:
+                warnings.warn(f"skipping corrupt snapshot shard {path}: {err}")
+                continue
+            if shard.num_frames < min_span:
+                warnings.warn(f"skipping snapshot shard {path}: {shard.num_frames} frames < {min_span} needed per clip")
+                continue
+            if len(shard.steps) == 0:
+                warnings.warn(f"skipping snapshot shard {path}: no snapshot steps")
+                continue
+            self.shards.append(shard)
+        if not self.shards:
+            raise EmptyDatasetError(
+                f"no usable snapshot shards under {self.root} (need finished shards with >= {min_span} frames); "
+                f"export some with `itergen export-snapshots`"
+            )
+        self.use_render_latents = bool(
+            use_render_latents
+            and latent_shape is not None
+            and all(
+                s.render_latents is not None and tuple(s.render_latents.shape[2:]) == tuple(latent_shape)
+                for s in self.shards
+            )
+        )
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Dict[str, Tensor]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        shard = self.shards[int(rng.integers(len(self.shards)))]
+        frames = self._clip_indices(rng, shard.num_frames)
+        step_idx = int(rng.integers(len(shard.steps)))
+        views = self._input_views(rng, shard)
+        src_h, src_w = shard.images.shape[1:3]
+        scale = np.array([self.hw[1] / src_w, self.hw[0] / src_h, self.hw[1] / src_w, self.hw[0] / src_h], np.float32)
+
+        k = self.max_input_views
+        input_images = torch.zeros(k, 3, *self.hw)
+        input_images[: len(views)] = _to_float_images(shard.images[views], self.hw)
+        input_c2w = torch.eye(4).repeat(k, 1, 1)
+        input_c2w[: len(views), :3] = torch.from_numpy(np.asarray(shard.c2w[views], np.float32))
+        input_mask = torch.zeros(k, dtype=torch.bool)
+        input_mask[: len(views)] = True
+        target_c2w = torch.eye(4).repeat(len(frames), 1, 1)
+        target_c2w[:, :3] = torch.from_numpy(np.asarray(shard.c2w[frames], np.float32))
+        item = {
+            "frames": _to_float_images(shard.images[frames], self.hw),
+            "renders": _to_float_images(shard.renders[step_idx, frames], self.hw),
+            "input_images": input_images,
+            "input_mask": input_mask,
+            "input_c2w": input_c2w,
+            "target_c2w": target_c2w,
+            "target_intrinsics": torch.from_numpy(np.asarray(shard.intrinsics[frames], np.float32) * scale),
+            "step": torch.tensor(int(shard.steps[step_idx])),
+        }
+        if self.use_render_latents:
+            item["render_latents"] = torch.from_numpy(np.asarray(shard.render_latents[step_idx, frames], np.float32))
+        return item
+
+    def _clip_indices(self, rng: np.random.Generator, num_frames: int) -> np.ndarray:
+        """G consecutive frames (with a random stride that fits), random start, random direction."""
+        g = self.num_frames
+        max_fit = (num_frames - 1) // max(g - 1, 1) if g > 1 else 1
+        stride = int(rng.integers(self.frame_stride[0], min(self.frame_stride[1], max(max_fit, 1)) + 1))
+        span = (g - 1) * stride + 1
+        start = int(rng.integers(0, num_frames - span + 1))
+        idx = start + stride * np.arange(g)
+        if rng.random() < 0.5:
+            idx = idx[::-1].copy()
+        return idx
+
+    def _input_views(self, rng: np.random.Generator, shard: SnapshotShard) -> np.ndarray:
+        """The run's input views first (a random subset if there are more than K), then optional extra frames."""
+        views = np.asarray(shard.input_indices, dtype=np.int64)
+        k = self.max_input_views
+        if len(views) > k:
+            views = np.sort(rng.choice(views, size=k, replace=False))
+        if len(views) == 0:
+            views = rng.choice(shard.num_frames, size=1)
+        if len(views) < k and self.extra_input_prob > 0 and rng.random() < self.extra_input_prob:
+            others = np.setdiff1d(np.arange(shard.num_frames), views)
+            if len(others):
+                extra = rng.choice(
+                    others, size=int(rng.integers(1, min(k - len(views), len(others)) + 1)), replace=False
+                )
+                views = np.concatenate([views, extra])
+        return views
+
+
+class StepSampler(Sampler[int]):
+    """Sequential indices ``start, start+1, ...``: with index-keyed items this makes data order resumable."""
+
+    def __init__(self, start: int, length: int):
+        self.start = int(start)
+        self.length = int(length)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.start + self.length))
+
+    def __len__(self) -> int:
+        return self.length

@@ -1,0 +1,157 @@
+"""Sampling pipeline: render-conditioned video generation with two-scale classifier-free guidance.
+
+Usage::
+
+    pipe = IterGenVideoPipeline.from_pretrained("runs/diffusion/latest").to("cuda")
+    images = pipe(renders, input_images, input_poses, target_poses, num_inference_steps=25,
+                  guidance_3d=1.0, guidance_input=2.0, render_noise=0.1, generator=torch.Generator().manual_seed(0))
+
+Sampler: diffusers ``EulerDiscreteScheduler`` in SVD's EDM configuration (Karras sigmas, v-prediction,
+continuous timesteps). Guidance branches are batched into one UNet call per step; see
+:mod:`itergen_ns.diffusion.guidance` for the combination formula.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from itergen_ns.diffusion.guidance import combine_guidance, guidance_branches
+from itergen_ns.diffusion.model import Conditioning, IterGenDiffusionModel, randn
+from itergen_ns.diffusion.poses import to_homogeneous as _hom
+
+
+class IterGenVideoPipeline:
+    """P_theta sampler over an :class:`IterGenDiffusionModel` (models / scheduler / pipeline kept apart)."""
+
+    def __init__(self, model: IterGenDiffusionModel, progress: bool = False):
+        self.model = model
+        self.progress = progress
+
+    @classmethod
+    def from_pretrained(
+        cls, path: Union[str, Path], allow_download: bool = False, torch_dtype: Optional[torch.dtype] = None
+    ) -> "IterGenVideoPipeline":
+        return cls(IterGenDiffusionModel.from_pretrained(path, allow_download=allow_download, torch_dtype=torch_dtype))
+
+    def save_pretrained(self, path: Union[str, Path], **kwargs) -> Path:
+        return self.model.save_pretrained(path, **kwargs)
+
+    def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None):
+        """Move the model; with fp16 the VAE stays fp32 when its config asks for upcasting (as in diffusers)."""
+        self.model.to(device=device)
+        if dtype is not None:
+            self.model.denoiser.to(dtype=dtype)
+            self.model.image_encoder.to(dtype=dtype)
+            if not (dtype == torch.float16 and getattr(self.model.vae.config, "force_upcast", False)):
+                self.model.vae.to(dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def height(self) -> int:
+        return self.model.height
+
+    @property
+    def width(self) -> int:
+        return self.model.width
+
+    @property
+    def num_frames(self) -> int:
+        return self.model.num_frames
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        renders: Float[Tensor, "G 3 H W"],
+        input_images: Float[Tensor, "C 3 Hi Wi"],
+        input_poses: Float[Tensor, "C 4 4"],
+        target_poses: Float[Tensor, "G 4 4"],
+        num_inference_steps: Optional[int] = None,
+        guidance_3d: Optional[float] = None,
+        guidance_input: Optional[float] = None,
+        render_noise: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        target_intrinsics: Optional[Float[Tensor, "G 4"]] = None,
+        output_type: str = "pt",
+    ) -> Float[Tensor, "G 3 H W"]:
+        """Generate G frames at ``target_poses`` given renders of the current 3D state there and C input views.
+
+        ``renders`` and ``input_images`` are float RGB in [0, 1]; poses are OpenGL camera-to-world (4x4 or
+        3x4). Renders are resized to the model resolution and the result back to the renders' resolution.
+        ``target_intrinsics`` (fx, fy, cx, cy in pixels of ``renders``) are required only for Plücker maps.
+        G may differ from ``num_frames`` (the temporal layers take any length; quality is best at the trained
+        length). Defaults for steps / scales / render noise come from the model config. Returns images in [0, 1]
+        on the renders' device, or the final latents when ``output_type="latent"``.
+        """
+        model = self.model
+        cfg = model.config
+        steps = num_inference_steps if num_inference_steps is not None else cfg.num_inference_steps
+        g3 = float(cfg.guidance_3d if guidance_3d is None else guidance_3d)
+        gi = float(cfg.guidance_input if guidance_input is None else guidance_input)
+        noise_level = float(cfg.render_noise if render_noise is None else render_noise)
+        g, c = renders.shape[0], input_images.shape[0]
+        k = cfg.max_input_views
+        if c < 1 or c > k:
+            raise ValueError(f"got {c} input views; this model takes 1..{k}")
+        if target_poses.shape[0] != g or input_poses.shape[0] != c:
+            raise ValueError(
+                f"pose counts ({input_poses.shape[0]} input, {target_poses.shape[0]} target) must match images "
+                f"({c} inputs, {g} renders)"
+            )
+        device = self.device
+        out_hw = tuple(renders.shape[-2:])
+        intrinsics = None
+        if target_intrinsics is not None:
+            scale = torch.tensor(
+                [cfg.width / out_hw[1], cfg.height / out_hw[0], cfg.width / out_hw[1], cfg.height / out_hw[0]],
+                device=target_intrinsics.device,
+                dtype=torch.float32,
+            )
+            intrinsics = (target_intrinsics.float() * scale)[None]
+
+        render_latents = model.encode_latents(model.resize(renders.to(device).float()))[None]
+        padded = torch.zeros(1, k, 3, *input_images.shape[-2:], device=device)
+        padded[0, :c] = input_images.to(device).float()
+        poses = torch.eye(4, device=device).repeat(1, k, 1, 1)
+        poses[0, :c] = _hom(input_poses.to(device).float())
+        mask = torch.zeros(1, k, dtype=torch.bool, device=device)
+        mask[0, :c] = True
+        cond = model.prepare_conditioning(
+            render_latents,
+            padded,
+            mask,
+            poses,
+            _hom(target_poses.to(device).float())[None],
+            noise_level,
+            generator,
+            intrinsics,
+        )
+        branches = guidance_branches(g3, gi)
+        batched = Conditioning.cat([cond.branch(name) for name in branches]).as_kwargs()
+
+        scheduler = model.make_scheduler()
+        scheduler.set_timesteps(steps, device=device)
+        latents = randn(render_latents.shape, generator, device) * scheduler.init_noise_sigma
+        for t in tqdm(scheduler.timesteps, disable=not self.progress, desc="sampling", leave=False):
+            x_in = scheduler.scale_model_input(latents, t)
+            timestep = t.reshape(1).expand(len(branches)).float()
+            pred = model.denoiser(x_in.repeat(len(branches), 1, 1, 1, 1), timestep, **batched).float()
+            preds = dict(zip(branches, pred.chunk(len(branches))))
+            v = combine_guidance(preds["full"], preds.get("no_3d"), preds.get("no_input"), g3, gi)
+            latents = scheduler.step(v, t, latents).prev_sample
+        if output_type == "latent":
+            return latents[0]
+        images = model.decode_latents(latents)[0]
+        if images.shape[-2:] != out_hw:
+            images = F.interpolate(images, size=out_hw, mode="bilinear", antialias=True).clamp(0, 1)
+        return images.to(renders.device)
