@@ -1,7 +1,8 @@
 """`itergen` command: one obvious way to run each job of the project.
 
-Each subcommand is a tyro dataclass config with a ``main()`` method; its module is imported only when that
-subcommand runs, so `itergen --help` stays fast and one job's heavy imports don't slow the others.
+Each subcommand is a tyro dataclass config, run by its ``main()`` method or by a module-level function that
+takes it; its module is imported only when that subcommand runs, so `itergen --help` stays fast and one
+job's heavy imports don't slow the others.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import tyro
 
-# name -> (module, config class, one-line help)
-SUBCOMMANDS: Dict[str, Tuple[str, str, str]] = {
+# name -> (module, config class, one-line help[, module-level function run with the config instead of .main()])
+SUBCOMMANDS: Dict[str, Tuple[str, ...]] = {
     "demo": ("itergen_ns.eval.demo", "DemoConfig", "the whole loop on the embedded procedural category (CPU)"),
     "make-scenes": ("itergen_ns.data.scenes", "MakeScenesConfig", "write procedural object scenes (nerfstudio format)"),
     "train-baseline": (
@@ -28,7 +29,12 @@ SUBCOMMANDS: Dict[str, Tuple[str, str, str]] = {
         "run splatfacto from few views per scene, save renders every N steps (diffusion training data)",
     ),
     "snapshots-summary": ("itergen_ns.snapshots.exporter", "SummaryConfig", "list snapshot shards, scenes, bytes"),
-    "train-diffusion": ("itergen_ns.diffusion.train", "TrainDiffusionConfig", "train the render-conditioned diffusion model"),
+    "train-diffusion": (
+        "itergen_ns.diffusion.train",
+        "TrainDiffusionConfig",
+        "train the render-conditioned diffusion model (single process; use accelerate launch for several GPUs)",
+        "train",
+    ),
     "eval": ("itergen_ns.eval.harness", "EvalConfig", "train methods from 1/6 views, render all frames, metric tables"),
 }
 
@@ -36,7 +42,7 @@ SUBCOMMANDS: Dict[str, Tuple[str, str, str]] = {
 def _usage() -> str:
     width = max(len(n) for n in SUBCOMMANDS)
     lines = ["usage: itergen COMMAND [--help] [options]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<{width}}  {entry[2]}" for name, entry in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -52,10 +58,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"itergen: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, class_name, help_ = SUBCOMMANDS[name]
-    config_cls = getattr(importlib.import_module(module_name), class_name)
-    config = tyro.cli(config_cls, args=rest, prog=f"itergen {name}", description=help_)
-    result = config.main()
+    module_name, class_name, help_, *runner = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    config = tyro.cli(getattr(module, class_name), args=rest, prog=f"itergen {name}", description=help_)
+    result = getattr(module, runner[0])(config) if runner else config.main()
     return int(result) if isinstance(result, int) else 0
 
 

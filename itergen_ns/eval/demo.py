@@ -104,7 +104,7 @@ class DemoConfig:
         return {"snapshots": str(config.out)}
 
     def stage_diffusion(self) -> Dict:
-        from itergen_ns.diffusion.train import TrainDiffusionConfig, resolve_checkpoint
+        from itergen_ns.diffusion.train import TrainDiffusionConfig, resolve_checkpoint, train
 
         out = self.output_dir / "diffusion"
         resume = None
@@ -124,7 +124,7 @@ class DemoConfig:
             seed=self.seed,
             resume=resume,
         )
-        config.main()
+        train(config)
         return {"checkpoint": str(out / "latest")}
 
     def stage_eval(self) -> Dict:
