@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type
 
 import torch
+from PIL import Image
 
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
@@ -66,6 +67,8 @@ class SparseViewDatamanager(FullImageDatamanager):
         super().__init__(config, *args, **kwargs)
         if len(self.train_dataset) == 0:
             raise ValueError(f"{config.data}: no input views were selected")
+        if self.test_mode != "inference":  # images are decoded lazily (eval ones at the first evaluation): fail now
+            check_images_readable(list(self.train_dataset.image_filenames) + list(self.eval_dataset.image_filenames))
         metadata = self.train_dataparser_outputs.metadata
         if config.depth_model is not None:
             xyz, rgb = self._depth_points()
@@ -78,6 +81,20 @@ class SparseViewDatamanager(FullImageDatamanager):
             )
             metadata["points3D_xyz"], metadata["points3D_rgb"] = xyz, rgb
             CONSOLE.log(f"Initialised {len(xyz)} points in the bounds estimated from {len(images)} input view(s)")
+
+    def _load_images(self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]) -> List[Dict]:
+        # nerfstudio decodes in a thread pool and re-raises PIL's error without the file name; name it.
+        try:
+            return super()._load_images(split, cache_images_device)
+        except Exception as error:
+            dataset = self.train_dataset if split == "train" else self.eval_dataset
+            for path in dataset.image_filenames:
+                try:
+                    with Image.open(path) as image:
+                        image.load()
+                except Exception as culprit:
+                    raise ValueError(f"{path}: cannot read image ({type(culprit).__name__}: {culprit})") from error
+            raise
 
     def _depth_points(self) -> Tuple[torch.Tensor, torch.Tensor]:
         from itergen_ns.data.depth_init import MonocularDepth, depth_points
@@ -94,3 +111,14 @@ class SparseViewDatamanager(FullImageDatamanager):
     def _uint8_image(image: torch.Tensor) -> torch.Tensor:
         image = image.detach().cpu()[..., :3]
         return image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def check_images_readable(paths: Sequence[Path]) -> None:
+    """Cheap integrity check of image files (header + PIL's verify, e.g. PNG chunk CRCs); raises ValueError naming
+    the first unreadable file. Full decoding errors (e.g. a truncated JPEG) are named when the images are cached."""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
