@@ -270,7 +270,7 @@ def test_pipeline_range_and_determinism(model):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 1e-4
     with pytest.raises(ValueError):
-        pipe(renders, torch.rand(4, 3, 32, 32), orbit_poses(4), poses[:g], num_inference_steps=1)
+        pipe(renders, torch.rand(7, 3, 32, 32), orbit_poses(7), poses[:g], num_inference_steps=1)  # > max_input_views
 
 
 def test_save_load_roundtrip(model, tmp_path):

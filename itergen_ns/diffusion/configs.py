@@ -126,7 +126,7 @@ def tiny_config(**overrides: Any) -> DiffusionModelConfig:
         height=32,
         width=32,
         num_frames=8,
-        max_input_views=3,
+        max_input_views=6,  # the paper's 6-view setting must run with the tiny model too
         unet=ComponentSource(
             kwargs=dict(
                 block_out_channels=(32, 64),

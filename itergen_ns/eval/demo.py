@@ -138,10 +138,8 @@ class DemoConfig:
             steps=self.eval_steps,
             generator_checkpoint=self.output_dir / "diffusion" / "latest",
             output_dir=self.output_dir / "report",
-            overrides={
-                **self.common_overrides(),
-                "pipeline.datamanager.generate_every": str(self.generate_every),
-            },
+            overrides=self.common_overrides(),
+            method_overrides={"itergen:pipeline.datamanager.generate_every": str(self.generate_every)},
         )
         config.main()
         return {"report": str(config.output_dir / "report.md")}
