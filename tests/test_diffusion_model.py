@@ -20,14 +20,7 @@ from itergen_ns.diffusion.poses import plucker_rays, relative_poses
 from itergen_ns.diffusion.unet import build_unet, widen_conv_in
 from itergen_ns.diffusion.weights import MissingWeightsError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's ops are too small for intra-op threads to pay off (5x faster on 2 busy cores)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+from diffusion_helpers import one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 
 def orbit_poses(n: int, radius: float = 2.0, start: float = 0.0, step: float = 0.15) -> torch.Tensor:

@@ -22,16 +22,9 @@ from itergen_ns.diffusion.vae_fit import fit_vae
 from itergen_ns.diffusion.configs import tiny_config
 from itergen_ns.snapshots.format import ensure_format, write_shard
 
+from diffusion_helpers import one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
+
 H = W = 24  # shard resolution; the tiny model works at 32 px, so the loader resizes
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's ops are too small for intra-op threads to pay off (5x faster on 2 busy cores)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 def orbit_c2w(n: int, radius: float = 2.0) -> np.ndarray:

@@ -40,6 +40,16 @@ SVD_SCHEDULER_KWARGS: Dict[str, Any] = dict(
 
 EXTRA_MAP_CHANNELS = {"plucker": 6}
 
+# The tiny preset's CLIP and DINOv2 share one small ViT backbone (CLIP adds its projection head).
+TINY_VIT_KWARGS: Dict[str, Any] = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=8,
+)
+
 
 @dataclass
 class ComponentSource:
@@ -149,27 +159,8 @@ def tiny_config(**overrides: Any) -> DiffusionModelConfig:
                 scaling_factor=1.0,
             )
         ),
-        clip=ComponentSource(
-            kwargs=dict(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=32,
-                patch_size=8,
-                projection_dim=32,
-            )
-        ),
-        dino=ComponentSource(
-            kwargs=dict(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=32,
-                patch_size=8,
-            )
-        ),
+        clip=ComponentSource(kwargs=dict(TINY_VIT_KWARGS, projection_dim=32)),
+        dino=ComponentSource(kwargs=dict(TINY_VIT_KWARGS)),
         scheduler=ComponentSource(kwargs=dict(SVD_SCHEDULER_KWARGS)),
         clip_image_size=32,
         dino_image_size=32,

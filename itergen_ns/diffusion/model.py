@@ -189,16 +189,7 @@ class IterGenDiffusionModel(nn.Module):
             vae = _build_vae(config.vae, config.allow_download)
             clip = _build_clip(config.clip, config.allow_download)
             dino = _build_dino(config.dino, config.allow_download)
-            encoder = ImageFeatureEncoder(
-                clip,
-                dino,
-                config.clip_image_size,
-                config.dino_image_size,
-                config.clip_mean,
-                config.clip_std,
-                config.dino_mean,
-                config.dino_std,
-            )
+            encoder = _image_encoder(config, clip, dino)
             tokenizer = ViewTokenizer(
                 clip_dim=encoder.clip_dim,
                 dino_dim=encoder.dino_dim,
@@ -241,16 +232,7 @@ class IterGenDiffusionModel(nn.Module):
         vae = _build_vae(source("vae", config.vae), allow_download)
         clip = _build_clip(source("clip", config.clip), allow_download)
         dino = _build_dino(source("dino", config.dino), allow_download)
-        encoder = ImageFeatureEncoder(
-            clip,
-            dino,
-            config.clip_image_size,
-            config.dino_image_size,
-            config.clip_mean,
-            config.clip_std,
-            config.dino_mean,
-            config.dino_std,
-        )
+        encoder = _image_encoder(config, clip, dino)
         tokenizer = load_pretrained(
             "view tokenizer",
             ViewTokenizer.from_pretrained,
@@ -469,6 +451,22 @@ class IterGenDiffusionModel(nn.Module):
 def _cross_attention_dim(unet) -> int:
     dim = unet.config.cross_attention_dim
     return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
+
+
+def _image_encoder(
+    config: DiffusionModelConfig, clip: CLIPVisionModelWithProjection, dino: Dinov2Model
+) -> ImageFeatureEncoder:
+    """Wrap built CLIP and DINOv2 models with the config's input sizes and normalisation."""
+    return ImageFeatureEncoder(
+        clip,
+        dino,
+        config.clip_image_size,
+        config.dino_image_size,
+        config.clip_mean,
+        config.clip_std,
+        config.dino_mean,
+        config.dino_std,
+    )
 
 
 def _build_vae(source: ComponentSource, allow_download: bool) -> VAE:
