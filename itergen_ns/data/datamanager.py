@@ -14,7 +14,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatama
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from itergen_ns.data.auto_dataparser import ItergenDataParserConfig
-from itergen_ns.data.init_points import random_points_in_bounds
+from itergen_ns.data.init_points import background_shell_points, random_points_in_bounds
 from itergen_ns.data.splits import SparseSplitConfig
 
 
@@ -35,6 +35,8 @@ class SparseViewDatamanagerConfig(FullImageDatamanagerConfig):
     """Initial Gaussians: back-projected from depth (depth_model), else random in the estimated object bounds when
     the data has no point cloud."""
     init_seed: int = 0
+    init_background_fraction: float = 0.25
+    """Share of the random initial points placed on a background shell around the scene (0: object only)."""
     depth_model: Optional[Path] = None
     """Local transformers depth-estimation model directory (DPT / Depth Anything, with its image processor):
     initialise from the input views' depth, aligned to the estimated object distance (replaces other init points)."""
@@ -76,9 +78,12 @@ class SparseViewDatamanager(FullImageDatamanager):
             CONSOLE.log(f"Initialised {len(xyz)} points from the depth of {len(self.cached_train)} input view(s)")
         elif "points3D_xyz" not in metadata and config.init_num_points > 0:
             images = [self._uint8_image(d["image"]) for d in self.cached_train]
-            xyz, rgb = random_points_in_bounds(
-                self.train_dataset.cameras, images, config.init_num_points, seed=config.init_seed
-            )
+            cameras = self.train_dataset.cameras
+            num_background = int(round(config.init_background_fraction * config.init_num_points))
+            xyz, rgb = random_points_in_bounds(cameras, images, config.init_num_points - num_background, config.init_seed)
+            if num_background > 0:
+                bg_xyz, bg_rgb = background_shell_points(cameras, images, num_background, config.init_seed)
+                xyz, rgb = torch.cat([xyz, bg_xyz]), torch.cat([rgb, bg_rgb])
             metadata["points3D_xyz"], metadata["points3D_rgb"] = xyz, rgb
             CONSOLE.log(f"Initialised {len(xyz)} points in the bounds estimated from {len(images)} input view(s)")
 

@@ -69,3 +69,17 @@ def random_points_in_bounds(
     r = radius * torch.rand(num_points, 1, generator=gen) ** (1.0 / 3.0)
     points = centre + direction * r
     return points, project_colours(points, cameras, images)
+
+
+def background_shell_points(
+    cameras: Cameras, images: List[UInt8[Tensor, "H W 3"]], num_points: int, seed: int = 0, scale: float = 2.0
+) -> Tuple[Float[Tensor, "N 3"], UInt8[Tensor, "N 3"]]:
+    """``num_points`` points on a sphere around the object, ``scale`` times the mean camera distance, coloured
+    from the input images: Gaussians for the backdrop that real captures (and the procedural scenes) have, which
+    an object-only initialisation leaves as a flat background colour."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    centre, _ = estimate_object_bounds(cameras)
+    radius = scale * float((cameras.camera_to_worlds[:, :, 3].float() - centre).norm(dim=-1).mean())
+    direction = torch.randn(num_points, 3, generator=gen)
+    points = centre + radius * direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    return points, project_colours(points, cameras, images)
