@@ -30,7 +30,7 @@ import torch
 import yaml
 from PIL import Image
 
-from itergen_ns.data.scenes import make_scenes
+from conftest import tiny_scenes
 from itergen_ns.models import lpips_loader
 from itergen_ns.training.runner import TrainSpec, build_config, seed_everything, train
 
@@ -41,19 +41,12 @@ BIN = Path(sys.executable).parent
 ALEXNET = "alexnet-owt-7be5be79.pth"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("scenes")
-    make_scenes(root, num_scenes=1, seed=3, num_frames=FRAMES, resolution=SIZE, supersample=1, shadows=False)
-    return root / "scene_0000"
+    return tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=3, num_frames=FRAMES, size=SIZE, shadows=False) / "scene_0000"
 
 
 @pytest.fixture(scope="module")

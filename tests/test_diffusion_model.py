@@ -20,7 +20,8 @@ from itergen_ns.diffusion.poses import plucker_rays, relative_poses
 from itergen_ns.diffusion.unet import build_unet, widen_conv_in
 from itergen_ns.diffusion.weights import MissingWeightsError
 
-from diffusion_helpers import one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def orbit_poses(n: int, radius: float = 2.0, start: float = 0.0, step: float = 0.15) -> torch.Tensor:

@@ -22,7 +22,8 @@ from itergen_ns.diffusion.vae_fit import fit_vae
 from itergen_ns.diffusion.configs import tiny_config
 from itergen_ns.snapshots.format import ensure_format, write_shard
 
-from diffusion_helpers import one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 H = W = 24  # shard resolution; the tiny model works at 32 px, so the loader resizes
 

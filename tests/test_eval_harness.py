@@ -93,7 +93,10 @@ def test_harness_scores_heldout_frames_and_writes_report(scene_root: Path, tmp_p
     grids = sorted((config.output_dir / "grids").glob("*.png"))
     assert len(grids) == 2
     grid = np.asarray(Image.open(grids[0]))
-    assert grid.shape[1] == 32 * 4  # input | oracle | constant | ground truth
+    assert grid.shape[1] == 128 * 4  # input | oracle | constant | ground truth, 32 px cells enlarged 4x
+    gt = _ground_truth(scene_root / grids[0].stem.rsplit("_", 1)[0])  # grids are named <scene>_<views>v.png
+    last_row = grid[-128:, -128:]  # ground-truth cell of the last row (unlabelled), enlarged
+    assert any(np.array_equal(last_row, f.repeat(4, 0).repeat(4, 1)) for f in gt)
     assert list((config.output_dir / "videos").iterdir())
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes
 
-from itergen_ns.data.scenes import make_scenes
+from conftest import tiny_scenes
 from itergen_ns.diffusion.configs import tiny_config
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
@@ -45,19 +45,12 @@ BASE = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("scenes")
-    make_scenes(root, num_scenes=1, seed=3, num_frames=FRAMES, resolution=SIZE, supersample=1, shadows=False)
-    return root / "scene_0000"
+    return tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=3, num_frames=FRAMES, size=SIZE, shadows=False) / "scene_0000"
 
 
 @pytest.fixture(scope="module")

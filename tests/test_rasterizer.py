@@ -17,14 +17,7 @@ from itergen_ns.render.sh import SH_C0, SH_C1
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Run these small renders single-threaded: on a shared 2-core machine OpenMP spinning makes
-    tiny multi-threaded ops erratic (seconds instead of milliseconds); restored afterwards."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _camera(width: int, height: int, f: float = 100.0, cx: float | None = None, cy: float | None = None, dtype=F64):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_scenes
 import torch
 from PIL import Image
 
@@ -59,19 +60,12 @@ def _masked_psnr(render: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / np.mean(diff[mask] ** 2)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("scenes")
-    make_scenes(root, num_scenes=3, seed=5, num_frames=FRAMES, resolution=SIZE, supersample=1, num_heldout=1)
-    return root
+    return tiny_scenes(tmp_path_factory.mktemp("scenes"), 3, seed=5, num_frames=FRAMES, size=SIZE, num_heldout=1)
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,11 @@ def _best_runs(results: Sequence[Dict], scene: str, views: int) -> Dict[str, Dic
 def image_grid(
     gt: np.ndarray, renders: Dict[str, np.ndarray], inputs: Sequence[int], eval_indices: Sequence[int], rows: int
 ) -> np.ndarray:
-    """Rows of held-out frames; columns: first input | each method | ground truth."""
+    """Rows of held-out frames; columns: first input | each method | ground truth. Cells are enlarged
+    (nearest neighbour) to at least 128 px wide so small renders and the labels stay legible."""
+    scale = max(1, 128 // gt.shape[2])
+    gt = gt.repeat(scale, axis=1).repeat(scale, axis=2)
+    renders = {m: r.repeat(scale, axis=1).repeat(scale, axis=2) for m, r in renders.items()}
     picks = [eval_indices[int(i)] for i in np.linspace(0, len(eval_indices) - 1, min(rows, len(eval_indices)))]
     grid_rows = []
     for k, f in enumerate(picks):
