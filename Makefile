@@ -18,7 +18,7 @@ install: $(STAMP)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
 test: install
-	$(PY) -m pytest -q
+	$(VENV)/bin/pytest -q
 
 demo: install
 	$(VENV)/bin/itergen demo

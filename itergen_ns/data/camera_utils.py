@@ -36,13 +36,3 @@ def look_at(eye: Float[Tensor, "3"], target: Float[Tensor, "3"], up: Float[Tenso
     right = right / right.norm()
     cam_up = torch.linalg.cross(right, forward)
     return torch.stack([right, cam_up, -forward, eye], dim=1)
-
-
-def opengl_c2w_to_opencv_w2c(c2w: Float[Tensor, "*B 3 4"]) -> Float[Tensor, "*B 4 4"]:
-    """nerfstudio OpenGL c2w -> OpenCV world-to-camera 4x4 (what gsplat's ``viewmats`` expect)."""
-    shape = c2w.shape[:-2]
-    mat = torch.zeros(*shape, 4, 4, dtype=c2w.dtype, device=c2w.device)
-    mat[..., :3, :4] = c2w
-    mat[..., 3, 3] = 1.0
-    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=c2w.dtype, device=c2w.device))
-    return torch.linalg.inv(mat @ flip)

@@ -10,7 +10,7 @@ Differences from nerfstudio's ``SplatfactoModel`` (whose densification, optimize
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Dict, List, Literal, Tuple, Type, Union
 
 import torch
 from gsplat.strategy import DefaultStrategy
@@ -127,9 +127,7 @@ class IterGenSplatfactoModel(SplatfactoModel):
         """The frozen LPIPS network on this model's device, or None when its weights are not available."""
         return get_lpips(self.config.lpips_net, self.device)
 
-    def rasterize(
-        self, camera: Cameras, camera_to_world: torch.Tensor, render_mode: str, background: Optional[torch.Tensor] = None
-    ):
+    def rasterize(self, camera: Cameras, camera_to_world: torch.Tensor, render_mode: str):
         """Rasterise the (cropped) Gaussians for one camera; returns (render [1,H,W,D], alpha [1,H,W,1], info, (H, W))."""
         if self.crop_box is not None and not self.training:
             crop_ids = self.crop_box.within(self.means).squeeze()

@@ -11,12 +11,12 @@ import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+from nerfstudio.engine.callbacks import TrainingCallback
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
 
@@ -141,19 +141,3 @@ def scoped_event_writers() -> Iterator[None]:
                 tb.close()
         del writer.EVENT_WRITERS[before:]
         writer.EVENT_STORAGE.clear()
-
-
-def every_n_steps(n: int, fn: Callable[[int], None], also_last: Optional[int] = None) -> TrainingCallback:
-    """A callback after the optimiser step at steps 0, n, 2n, ... (and ``also_last`` when given)."""
-
-    def run(step: int) -> None:
-        if step % n == 0 or (also_last is not None and step == also_last):
-            fn(step)
-
-    return TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], run)
-
-
-def list_registered(prefix: str = "itergen") -> List[str]:
-    from nerfstudio.configs.method_configs import all_methods
-
-    return sorted(m for m in all_methods if m.startswith(prefix))
