@@ -27,6 +27,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from itergen_ns.data.datamanager import SparseViewDatamanager, SparseViewDatamanagerConfig
 from itergen_ns.itergen.pose_sampler import PoseSampler, PoseSamplerConfig
 from itergen_ns.models.itergen_model import GENERATED_KEY
+from itergen_ns.training.frames import eval_mode, render_rgb
 
 
 @dataclass
@@ -158,16 +159,8 @@ class IterGenDataManager(SparseViewDatamanager):
     @torch.no_grad()
     def render_clip(self, cameras: Cameras) -> Float[Tensor, "G 3 H W"]:
         """Render the current 3D model at every camera of a clip (eval mode: fixed background, no densify)."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        frames = []
-        for i in range(cameras.shape[0]):
-            rgb = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))["rgb"]
-            frames.append(rgb.clamp(0, 1).permute(2, 0, 1).cpu())
-        if was_training:
-            model.train()
-        return torch.stack(frames)
+        with eval_mode(self.model):
+            return torch.stack([render_rgb(self.model, cameras, i).permute(2, 0, 1).cpu() for i in range(cameras.shape[0])])
 
     def _sample(self, step: int, poses: Tensor, cameras: Cameras, renders: Tensor, seed: int) -> GeneratedClip:
         start = time.perf_counter()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,22 +42,32 @@ def load_frames(paths: List[Path], size: Optional[Tuple[int, int]] = None) -> Li
     return [load_rgb(p, size) for p in paths]
 
 
-@torch.no_grad()
-def render_all_frames(model, cameras: Cameras, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Render ``model`` at every camera into uint8 [F, H, W, 3] (``out`` when given, e.g. a memory map);
-    eval mode: fixed background, no densification bookkeeping."""
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Render with a fixed background and no densification bookkeeping; restores training mode after."""
     was_training = model.training
     model.eval()
-    frames = []
     try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def render_rgb(model, cameras: Cameras, index: int) -> torch.Tensor:
+    """RGB [H, W, 3] in [0, 1] of camera ``index`` (call under ``eval_mode`` and ``torch.no_grad``)."""
+    return model.get_outputs_for_camera(cameras[index : index + 1].to(model.device))["rgb"].clamp(0, 1)
+
+
+@torch.no_grad()
+def render_all_frames(model, cameras: Cameras, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Render ``model`` at every camera into uint8 [F, H, W, 3] (``out`` when given, e.g. a memory map)."""
+    frames = []
+    with eval_mode(model):
         for i in range(cameras.shape[0]):
-            rgb = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))["rgb"]
-            frame = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            frame = (render_rgb(model, cameras, i) * 255).round().to(torch.uint8).cpu().numpy()
             if out is not None:
                 out[i] = frame
             else:
                 frames.append(frame)
-    finally:
-        if was_training:
-            model.train()
     return out if out is not None else np.stack(frames)
