@@ -29,6 +29,7 @@ class TrainBaselineConfig:
     output_dir: Path = Path("outputs")
     seed: int = 42
     overrides: Dict[str, str] = field(default_factory=dict)
+    """Dotted config overrides, e.g. pipeline.model.sh_degree 1."""
 
     def main(self) -> Dict[str, float]:
         spec = TrainSpec(
@@ -40,6 +41,7 @@ class TrainBaselineConfig:
             steps=self.steps,
             seed=self.seed,
             experiment_name=f"{Path(self.data).name}-{self.num_input_views}v",
+            overrides=dict(self.overrides),
         )
         config = build_config(spec)
         trainer = train(config)

@@ -188,11 +188,11 @@ class EvalConfig:
         return result
 
     def _overrides(self, variant: MethodVariant, sample: int) -> Dict[str, object]:
-        out: Dict[str, object] = {k: json.loads(v) if _is_json(v) else v for k, v in self.overrides.items()}
+        out: Dict[str, object] = dict(self.overrides)  # strings: build_config converts them to the fields' types
         for key, value in self.method_overrides.items():
             base, _, path = key.partition(":")
             if base == variant.method:
-                out[path] = json.loads(value) if _is_json(value) else value
+                out[path] = value
         out.update(dict(variant.overrides))
         if variant.uses_generator:
             out["pipeline.datamanager.generation_seed"] = sample
@@ -230,11 +230,3 @@ class EvalConfig:
         if inputs is None:
             inputs = select_input_views(num_frames, views, self.input_view_seed)[0]
         return renders, targets, list(inputs), masks
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-        return True
-    except (TypeError, ValueError):
-        return False

@@ -17,7 +17,6 @@ same C, input views and seeds. On CPU the shard is byte-identical across runs at
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import re
 import shutil
@@ -29,7 +28,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import yaml
 from jaxtyping import Float, UInt8
 from PIL import Image
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -51,7 +49,7 @@ from itergen_ns.snapshots.format import (
     summarize,
 )
 from itergen_ns.training.frames import render_all_frames
-from itergen_ns.training.runner import TrainSpec, build_config, train
+from itergen_ns.training.runner import TrainSpec, apply_overrides, build_config, train
 
 SCENE_INDEX = "scenes.json"  # written by `itergen make-scenes`; its "split" marks train and held-out scenes
 
@@ -152,44 +150,6 @@ def snapshot_steps(max_steps: int, every: int) -> List[int]:
 def run_seed(seed: int, name: str) -> int:
     """Seed of one (scene, run): a function of the export seed and the shard name only (not of --shard i/n)."""
     return zlib.crc32(f"{seed}/{name}".encode()) & 0x7FFFFFFF
-
-
-def _coerce(raw, current, annotation: str = ""):
-    """A command-line override string as the type of the field it replaces (YAML scalars / lists).
-
-    ``annotation`` is the field's declared type (as text); it decides for fields whose value is None now.
-    """
-    if not isinstance(raw, str) or isinstance(current, str):
-        return raw
-    if isinstance(current, Path) or (current is None and "Path" in annotation):
-        return Path(raw)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-    if isinstance(value, list) and (isinstance(current, tuple) or "Tuple" in annotation or "tuple" in annotation):
-        return tuple(value)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def apply_overrides(config: TrainerConfig, overrides: Dict[str, object]) -> None:
-    """Set dotted config paths (``pipeline.model.sh_degree``; dict keys work too) to values or value strings."""
-    for dotted, raw in overrides.items():
-        *parents, last = dotted.split(".")
-        obj = config
-        for name in parents:
-            obj = obj[name] if isinstance(obj, dict) and name in obj else getattr(obj, name, None)
-            if obj is None:
-                raise ValueError(f"override {dotted!r}: the config has no {name!r} on that path")
-        if isinstance(obj, dict):
-            obj[last] = _coerce(raw, obj.get(last))
-        elif hasattr(obj, last):
-            fields = {f.name: str(f.type) for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
-            setattr(obj, last, _coerce(raw, getattr(obj, last), fields.get(last, "")))
-        else:
-            raise ValueError(f"override {dotted!r}: {type(obj).__name__} has no field {last!r}")
 
 
 # ------------------------------------------------------------------------------------------------ scene frames

@@ -7,6 +7,7 @@ exactly what `ns-train <method>` does; extra per-step work (snapshot renders) is
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from nerfstudio.engine.callbacks import TrainingCallback
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
@@ -61,16 +63,45 @@ class TrainSpec:
     experiment_name: Optional[str] = None
     vis: str = "tensorboard"
     overrides: Dict[str, object] = field(default_factory=dict)
-    """Dotted config paths -> values, e.g. {"pipeline.model.sh_degree": 1}."""
+    """Dotted config paths -> values or command-line strings, e.g. {"pipeline.model.sh_degree": "1"}."""
 
 
-def _set_path(obj, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for name in parents:
-        obj = getattr(obj, name)
-    if not hasattr(obj, last):
-        raise AttributeError(f"config has no field {dotted!r}")
-    setattr(obj, last, value)
+def _coerce(raw, current, annotation: str = ""):
+    """A command-line override string as the type of the field it replaces (YAML scalars / lists).
+
+    ``annotation`` is the field's declared type (as text); it decides for fields whose value is None now.
+    """
+    if not isinstance(raw, str) or isinstance(current, str):
+        return raw
+    if isinstance(current, Path) or (current is None and "Path" in annotation):
+        return Path(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, list) and (isinstance(current, tuple) or "Tuple" in annotation or "tuple" in annotation):
+        return tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def apply_overrides(config: TrainerConfig, overrides: Dict[str, object]) -> None:
+    """Set dotted config paths (``pipeline.model.sh_degree``; dict keys work too) to values or value strings."""
+    for dotted, raw in overrides.items():
+        *parents, last = dotted.split(".")
+        obj = config
+        for name in parents:
+            obj = obj[name] if isinstance(obj, dict) and name in obj else getattr(obj, name, None)
+            if obj is None:
+                raise ValueError(f"override {dotted!r}: the config has no {name!r} on that path")
+        if isinstance(obj, dict):
+            obj[last] = _coerce(raw, obj.get(last))
+        elif hasattr(obj, last):
+            fields = {f.name: str(f.type) for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+            setattr(obj, last, _coerce(raw, getattr(obj, last), fields.get(last, "")))
+        else:
+            raise ValueError(f"override {dotted!r}: {type(obj).__name__} has no field {last!r}")
 
 
 def build_config(spec: TrainSpec) -> TrainerConfig:
@@ -92,8 +123,7 @@ def build_config(spec: TrainSpec) -> TrainerConfig:
     if hasattr(config.pipeline.datamanager, "init_seed"):
         config.pipeline.datamanager.init_seed = spec.seed
     set_num_steps(config, spec.steps)
-    for key, value in spec.overrides.items():
-        _set_path(config, key, value)
+    apply_overrides(config, spec.overrides)
     return config
 
 
