@@ -97,7 +97,7 @@ class DemoConfig:
             every=self.export_every,
             max_steps=self.export_steps,
             seed=self.seed,
-            overrides={k: json.loads(v) for k, v in self.common_overrides().items()},
+            overrides=self.common_overrides(),
         )
         if config.main() != 0:
             raise RuntimeError("snapshot export failed for some scenes (see above)")
