@@ -36,6 +36,11 @@ SUBCOMMANDS: Dict[str, Tuple[str, ...]] = {
         "train",
     ),
     "eval": ("itergen_ns.eval.harness", "EvalConfig", "train methods from 1/6 views, render all frames, metric tables"),
+    "gain": (
+        "itergen_ns.eval.gain",
+        "GainConfig",
+        "generator gain: samples vs. their renders and trivial predictors on held-out snapshot clips",
+    ),
 }
 
 
