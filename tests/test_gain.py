@@ -287,3 +287,53 @@ def test_seed_average_train_mean_and_overlap(heldout, two_seeds, tmp_path):
 def test_gain_needs_a_model(heldout, tmp_path):
     with pytest.raises(ValueError, match="--checkpoint"):
         cli.main(["gain", "--data", str(heldout), "--output-dir", str(tmp_path)])
+
+
+def test_trainer_logs_gain_and_gain_reads_its_checkpoint(heldout, tmp_path):
+    """`itergen train-diffusion` validation logs the gain scalars; `itergen gain --checkpoint` loads its model."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from itergen_ns.diffusion.data import SnapshotClipDataset
+    from itergen_ns.diffusion.train import TrainDiffusionConfig, train
+
+    run = tmp_path / "run"
+    cfg = TrainDiffusionConfig(
+        data=heldout,
+        output_dir=run,
+        model="tiny",
+        max_steps=1,
+        lr_warmup_steps=1,
+        checkpoint_every=1,
+        validate_every=1,
+        validation_clips=1,
+        validation_inference_steps=2,
+        vae_fit_steps=0,
+        log_every=1,
+        progress=False,
+        model_overrides={"num_frames": NUM_FRAMES},
+    )
+    train(cfg)
+    events = EventAccumulator(str(next((run / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    scalar = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("val/")}
+    assert {"val/gain_psnr", "val/gain_ssim", "val/margin_psnr", "val/psnr_render", "val/psnr_sample"} <= set(scalar)
+    assert scalar["val/gain_psnr"] == pytest.approx(scalar["val/psnr_sample"] - scalar["val/psnr_render"], abs=1e-4)
+    assert scalar["val/margin_psnr"] == pytest.approx(
+        scalar["val/psnr_sample"] - scalar["val/psnr_first_input"], abs=1e-4
+    )
+    item = SnapshotClipDataset(heldout, *MODEL_HW, NUM_FRAMES, 6, seed=cfg.seed + 7919, length=1)[0]
+    expected = float(psnr_frames(item["renders"], item["frames"]).mean())
+    assert scalar["val/psnr_render"] == pytest.approx(expected, abs=1e-4)
+
+    out = tmp_path / "gain"
+    args = ["gain", "--data", str(heldout), "--checkpoint", str(run / "latest"), "--output-dir", str(out)]
+    assert (
+        cli.main(
+            args + ["--max-clips-per-shard", "1", "--snapshot-steps", "100", "--generator.num-inference-steps", "2"]
+        )
+        == 0
+    )
+    result = json.loads((out / "gain.json").read_text())
+    assert result["checkpoint"] == str(run / "latest") and result["num_frames"] == NUM_FRAMES
+    assert result["generator"]["num_inference_steps"] == 2
+    assert all(math.isfinite(v) for g in result["groups"] for v in g["psnr"].values())

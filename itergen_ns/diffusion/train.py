@@ -401,7 +401,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> List[Path]:
-        """Sample fixed validation clips with the EMA weights; save PNG grids and mp4s; log their MSE."""
+        """Sample fixed validation clips with the EMA weights; save PNG grids and mp4s; log their MSE and generator gain."""
+        from itergen_ns.eval.gain import clip_gain
+
         acc = self.accelerator
         written: List[Path] = []
         if acc.is_main_process:
@@ -412,7 +414,7 @@ class Trainer:
                 self.ema.copy_to(params)
             self.model.denoiser.eval()
             pipe = IterGenVideoPipeline(self.model)
-            mses = []
+            mses, gains = [], []
             try:
                 for i in range(self.cfg.validation_clips):
                     item = val[i]
@@ -434,6 +436,7 @@ class Trainer:
                         )
                     rows = [item["renders"], sample, item["frames"]]
                     mses.append(float(((sample - item["frames"]) ** 2).mean()))
+                    gains.append(clip_gain(item["renders"], sample, item["frames"], item["input_images"][mask][:1]))
                     stem = self.out / "validation" / f"step_{self.step:08d}_clip{i}"
                     scale = max(1, 128 // self.model.height)
                     written.append(save_clip_grid(stem.with_suffix(".png"), rows, scale=scale))
@@ -446,7 +449,8 @@ class Trainer:
                     self.ema.restore(params)
                 self.model.denoiser.train()
             if mses:
-                acc.log({"val/mse": sum(mses) / len(mses)}, step=self.step)
+                gain = {f"val/{k}": sum(g[k] for g in gains) / len(gains) for k in gains[0]}  # as `itergen gain`
+                acc.log({"val/mse": sum(mses) / len(mses), **gain}, step=self.step)
         acc.wait_for_everyone()
         return written
 

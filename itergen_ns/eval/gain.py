@@ -74,6 +74,24 @@ def frame_metrics(pred: Float[Tensor, "N 3 H W"], gt: Float[Tensor, "N 3 H W"]) 
     }
 
 
+def clip_gain(
+    renders: Float[Tensor, "G 3 H W"],
+    sample: Float[Tensor, "G 3 H W"],
+    gt: Float[Tensor, "G 3 H W"],
+    first_input: Float[Tensor, "1 3 H W"],
+) -> Dict[str, float]:
+    """Scalars for a validation clip (the trainer logs them): PSNR/SSIM of render, sample and a copy of the
+    first input view, the gain (sample − render) and the margin over the input copy; all frames of the clip."""
+    out: Dict[str, float] = {}
+    for metric, fn in (("psnr", psnr_frames), ("ssim", ssim_frames)):
+        r, s, c = (
+            float(fn(x.float().cpu(), gt.float().cpu()).mean()) for x in (renders, sample, first_input.expand_as(gt))
+        )
+        out.update({f"{metric}_render": r, f"{metric}_sample": s, f"{metric}_first_input": c})
+        out.update({f"gain_{metric}": s - r, f"margin_{metric}": s - c})
+    return out
+
+
 # ----------------------------------------------------------------------------------- clips and predictors
 def clip_windows(num_frames: int, clip_len: int, max_clips: Optional[int] = None) -> List[np.ndarray]:
     """Consecutive windows of ``clip_len`` frames tiling the trajectory (the last one aligned to its end).
