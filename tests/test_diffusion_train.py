@@ -240,3 +240,21 @@ def test_cli_parses_config():
     )
     assert cfg.model == "svd" and cfg.init == "/models/svd" and cfg.gradient_checkpointing
     assert cfg.mixed_precision == "bf16" and cfg.resume == "latest" and cfg.data == Path("snap")
+
+
+def test_model_directory_records_sampling_and_training_clip_motion(snapshots, tmp_path):
+    """The saved model says how to sample it (render noise = the training std) and how its clips moved."""
+    from itergen_ns.diffusion.model import read_model_config
+    from itergen_ns.diffusion.sampling import SamplingConfig
+
+    sampling = SamplingConfig(num_inference_steps=4, guidance_3d=0.5, guidance_input=1.0, render_noise=0.0)
+    train(_cfg(snapshots, tmp_path / "run", max_steps=1, checkpoint_every=1, sampling=sampling))
+    saved = read_model_config(tmp_path / "run" / "latest")
+    assert saved.sampling == sampling
+    stats = saved.clip_statistics
+    # the synthetic shards: 12 cameras evenly on a circle of radius 2 at height 0.4, all looking at the origin
+    # (the orbit centre): the angle between consecutive directions from the centre, and elevation atan(0.4 / 2)
+    unit = np.array([[2 * math.sin(a), 0.4, 2 * math.cos(a)] for a in (0.0, math.pi / 6)]) / math.hypot(2, 0.4)
+    assert stats.degrees_per_frame == pytest.approx(math.degrees(math.acos(unit[0] @ unit[1])), abs=1e-3)
+    assert stats.mean_elevation_degrees == pytest.approx(math.degrees(math.atan2(0.4, 2.0)), abs=1e-4)
+    assert stats.zoom_log_std == pytest.approx(0.0, abs=1e-9) and stats.num_clips == 2

@@ -114,3 +114,22 @@ def test_best_of_s_and_mean() -> None:
 def test_unknown_method_is_rejected(scene_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown methods"):
         EvalConfig(data=(scene_root,), methods=("nope",), output_dir=tmp_path).run()
+
+
+def test_no_render_noise_row_needs_a_model_trained_without_noise(scene_root: Path, tmp_path: Path) -> None:
+    import torch
+
+    from itergen_ns.diffusion.configs import tiny_config
+    from itergen_ns.diffusion.model import IterGenDiffusionModel
+    from itergen_ns.diffusion.sampling import SamplingConfig
+
+    cfg = EvalConfig(data=(scene_root,), methods=("itergen-no-render-noise",), output_dir=tmp_path / "eval")
+    with pytest.raises(ValueError, match="--generator-checkpoint-no-render-noise"):
+        cfg.run()
+    torch.manual_seed(0)
+    noisy = tmp_path / "noisy"
+    IterGenDiffusionModel.from_config(tiny_config(sampling=SamplingConfig(render_noise=0.1))).save_pretrained(noisy)
+    cfg.generator_checkpoint_no_render_noise = noisy
+    with pytest.raises(ValueError, match="trained with render noise 0.1, expected 0"):
+        cfg.run()
+    assert not (tmp_path / "eval").exists()  # nothing trained or written

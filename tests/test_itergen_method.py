@@ -31,7 +31,6 @@ from conftest import tiny_scenes
 from itergen_ns.diffusion.configs import tiny_config
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
-from itergen_ns.itergen.pose_sampler import Orbit
 from itergen_ns.models import lpips_loader
 from itergen_ns.models.itergen_model import GENERATED_KEY
 from itergen_ns.training.runner import TrainSpec, build_config, seed_everything, train
@@ -74,11 +73,6 @@ def make_pipeline(scene: Path, out: Path, **overrides):
     config = itergen_config(scene, out, **overrides)
     seed_everything(config.machine.seed)
     return config.pipeline.setup(device="cpu", test_mode="val")
-
-
-def azimuth_gaps(orbit: Orbit, poses: torch.Tensor) -> np.ndarray:
-    az = np.sort([orbit.azimuth(p) for p in poses])
-    return np.diff(np.concatenate([az, az[:1] + 360.0]))
 
 
 # --- the real CLI: ns-train -> checkpoint -> ns-eval / ns-render ------------------------------------------------
@@ -207,7 +201,7 @@ def test_datamanager_serves_generated_views_with_configured_ratio(scene, tmp_pat
 
 def test_pose_order_random_flag_reaches_the_sampler(scene, tmp_path):
     pipe = make_pipeline(
-        scene, tmp_path, pipeline__datamanager__pose_order="random", pipeline__datamanager__async_generation=False
+        scene, tmp_path, pipeline__datamanager__pose_sampler__order="random", pipeline__datamanager__async_generation=False
     )
     dm = pipe.datamanager
     assert dm.pose_sampler.config.order == "random"
@@ -250,9 +244,12 @@ def test_sync_and_async_give_the_same_first_pool(scene, tmp_path):
     assert clip.images.shape == (G, 3, SIZE, SIZE) and clip.images.std() > 0.01
 
 
-def test_one_shot_calls_the_generator_once(scene, tmp_path):
+def test_one_shot_generates_the_iterative_run_s_clips_once_from_the_initial_state(scene, tmp_path):
+    """Paper's one-shot ablation: the same clips (count, poses, order) as the iterative run, all sampled at step 0."""
+    steps, every = 30, 5
     config = itergen_config(
-        scene, tmp_path, pipeline__datamanager__one_shot=True, pipeline__datamanager__generate_every=5
+        scene, tmp_path / "oneshot", steps=steps, pipeline__datamanager__one_shot=True,
+        pipeline__datamanager__generate_every=every,
     )
     calls = []
 
@@ -268,21 +265,57 @@ def test_one_shot_calls_the_generator_once(scene, tmp_path):
 
     trainer = train(config, on_setup=count_calls)  # nerfstudio's Trainer, 30 steps
     dm = trainer.pipeline.datamanager
-    assert calls == [G] and dm.num_generations == 1 and len(dm.history) == 1
-    np.testing.assert_allclose(azimuth_gaps(dm.pose_sampler.orbit, dm.history[0].poses), 360.0 / G, atol=1e-3)
+    assert calls == [G] * (steps // every) and dm.num_generations == steps // every
+    assert all(clip.step == 0 for clip in dm.history) and len(dm.pool) == steps // every  # fixed set, all kept
     assert (config.get_base_dir() / "nerfstudio_models" / "step-000000029.ckpt").is_file()
 
+    iterative = make_pipeline(scene, tmp_path / "iter", pipeline__datamanager__generate_every=every)
+    for oneshot_clip in dm.history:
+        assert torch.equal(oneshot_clip.poses, iterative.datamanager.pose_sampler.next_clip(G))
 
-def test_render_noise_flag_changes_samples(scene, tmp_path):
+
+def test_sampling_defaults_come_from_the_model_directory(scene, tmp_path):
+    """One SamplingConfig, saved with the model; the generator uses it and applies only explicit overrides."""
+    from itergen_ns.diffusion.sampling import ClipStatistics, SamplingConfig
+
+    torch.manual_seed(0)
+    cfg = tiny_config(sampling=SamplingConfig(num_inference_steps=3, guidance_3d=0.6, guidance_input=1.2, render_noise=0.0))
+    cfg.clip_statistics = ClipStatistics(2.5, 20.0, 3.0, 0.0, 4)
+    path = tmp_path / "model"
+    IterGenVideoPipeline(IterGenDiffusionModel.from_config(cfg)).save_pretrained(path)
+    pipe = make_pipeline(
+        scene, tmp_path / "run", pipeline__generator__checkpoint=path, pipeline__generator__num_inference_steps=None
+    )
+    assert pipe.generator.sampling == SamplingConfig(num_inference_steps=3, guidance_3d=0.6, guidance_input=1.2, render_noise=0.0)
+    assert pipe.datamanager.pose_sampler.degrees_per_frame == 2.5  # the training clips' step
+    over = make_pipeline(scene, tmp_path / "run2", pipeline__generator__checkpoint=path, pipeline__generator__guidance_3d=0.9)
+    assert over.generator.sampling.guidance_3d == 0.9 and over.generator.sampling.num_inference_steps == 2
+
+
+def test_plucker_model_trains_in_itergen(scene, tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "plucker"
+    IterGenVideoPipeline(IterGenDiffusionModel.from_config(tiny_config(extra_maps=("plucker",)))).save_pretrained(path)
+    config = itergen_config(
+        scene, tmp_path / "run", steps=5, pipeline__generator__checkpoint=path,
+        pipeline__datamanager__async_generation=False, pipeline__datamanager__p_input=0.0,
+    )
+    trainer = train(config)
+    dm = trainer.pipeline.datamanager
+    assert dm.num_generations == 1 and dm.history[0].images.std() > 0.01
+
+
+def test_render_noise_override_changes_samples(scene, tmp_path):
     pipe = make_pipeline(scene, tmp_path, pipeline__generator__render_noise=0.0)
     gen, dm = pipe.generator, pipe.datamanager
+    assert gen.sampling.render_noise == 0.0
     poses = dm.pose_sampler.next_clip(G)
     renders = dm.render_clip(dm.generated_cameras(poses))
     target = torch.cat([poses, torch.tensor([[[0.0, 0.0, 0.0, 1.0]]]).expand(G, 1, 4)], dim=1)
     args = (renders, dm._input_images, dm._input_poses, target)
     a, b = gen.sample(*args, seed=1), gen.sample(*args, seed=1)
     assert torch.equal(a, b)
-    gen.config.render_noise = 0.5
+    gen.sampling = gen.sampling.with_overrides(render_noise=0.5)
     c = gen.sample(*args, seed=1)
     assert (a - c).abs().max() > 1e-4
 

@@ -36,3 +36,21 @@ def look_at(eye: Float[Tensor, "3"], target: Float[Tensor, "3"], up: Float[Tenso
     right = right / right.norm()
     cam_up = torch.linalg.cross(right, forward)
     return torch.stack([right, cam_up, -forward, eye], dim=1)
+
+
+def orbit_plane_normal(
+    positions: Float[Tensor, "N 3"], cam_up: Float[Tensor, "3"], flatness: float = 0.5
+) -> Float[Tensor, "3"] | None:
+    """Unit normal of the plane through camera centres (an orbit's up axis), oriented like ``cam_up``.
+
+    None when the centres do not span a plane clearly (fewer than 3, or the smallest spread is more than
+    ``flatness`` times the middle one: a ball or a line of cameras has no orbit plane).
+    """
+    if positions.shape[0] < 3:
+        return None
+    positions = positions.double()
+    _, s, vh = torch.linalg.svd(positions - positions.mean(0))
+    if s[-1] >= flatness * s[-2]:
+        return None
+    normal = vh[-1] * torch.sign(torch.dot(vh[-1], cam_up.double()) + 1e-12)
+    return normal / normal.norm()

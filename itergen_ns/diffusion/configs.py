@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from itergen_ns.diffusion.sampling import ClipStatistics, SamplingConfig
+
 SVD_HUB_ID = "stabilityai/stable-video-diffusion-img2vid"
 DINOV2_HUB_ID = "facebook/dinov2-base"
 
@@ -97,14 +99,13 @@ class DiffusionModelConfig:
     """SVD added_time_ids[0] (SVD was trained on fps-1; 6 = its default 7 fps), kept fixed."""
     motion_bucket_id: int = 127
     """SVD added_time_ids[1], kept fixed at SVD's default."""
-    render_noise: float = 0.1
-    """Default std of the Gaussian noise on render latents (in the unit-variance latent space); time id [2]."""
     sigma_p_mean: float = 0.7
     """Training noise levels: ln(sigma) ~ N(sigma_p_mean, sigma_p_std^2) (EDM / SVD fine-tuning)."""
     sigma_p_std: float = 1.6
-    guidance_3d: float = 1.0
-    guidance_input: float = 1.0
-    num_inference_steps: int = 25
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How this model is sampled (saved with it; render_noise = the std it was trained with)."""
+    clip_statistics: Optional[ClipStatistics] = None
+    """Camera motion of the training clips (set by the trainer; None for an untrained model)."""
     seed: int = 0
     """Seed of random initialisation (components without pretrained weights)."""
     allow_download: bool = False
@@ -127,6 +128,7 @@ class DiffusionModelConfig:
             raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
         if self.max_input_views < 1:
             raise ValueError("max_input_views must be >= 1")
+        self.sampling.validate()
 
 
 def tiny_config(**overrides: Any) -> DiffusionModelConfig:
@@ -166,7 +168,6 @@ def tiny_config(**overrides: Any) -> DiffusionModelConfig:
         dino_image_size=32,
         pose_num_freqs=4,
         pose_hidden_dim=32,
-        num_inference_steps=10,
     )
     return _apply(cfg, overrides)
 
@@ -264,6 +265,10 @@ def config_from_dict(data: Dict[str, Any]) -> DiffusionModelConfig:
     data = copy.deepcopy(data)
     for key in ("unet", "vae", "clip", "dino", "scheduler"):
         data[key] = ComponentSource(**data[key])
+    if isinstance(data.get("sampling"), dict):
+        data["sampling"] = SamplingConfig.from_dict(data["sampling"])
+    if isinstance(data.get("clip_statistics"), dict):
+        data["clip_statistics"] = ClipStatistics.from_dict(data["clip_statistics"])
     for key in ("extra_maps", "clip_mean", "clip_std", "dino_mean", "dino_std"):
         if key in data:
             data[key] = tuple(data[key])

@@ -43,10 +43,29 @@ from itergen_ns.diffusion.weights import MissingWeightsError, load_pretrained
 
 MODEL_FILE = "itergen_diffusion.json"
 MODEL_FORMAT = "itergen-diffusion"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: SamplingConfig + ClipStatistics in the config
 SUBFOLDERS = {"unet": "unet", "view_tokenizer": "view_tokenizer", "vae": "vae", "clip": "image_encoder", "dino": "dino"}
 
 VAE = Union[AutoencoderKLTemporalDecoder, AutoencoderKL]
+
+
+def read_model_meta(path: Union[str, Path]) -> Dict:
+    """The JSON index of a model directory written by ``save_pretrained`` (config, scheduler), checked."""
+    meta_file = Path(path) / MODEL_FILE
+    if not meta_file.exists():
+        raise MissingWeightsError(
+            f"{meta_file} not found: '{path}' is not an itergen diffusion checkpoint (save_pretrained output, "
+            f"e.g. runs/diffusion/latest)"
+        )
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != MODEL_FORMAT or meta.get("version") != MODEL_FORMAT_VERSION:
+        raise ValueError(f"{meta_file}: format {meta.get('format')!r} v{meta.get('version')!r} not supported")
+    return meta
+
+
+def read_model_config(path: Union[str, Path]) -> DiffusionModelConfig:
+    """A saved model's config (with its SamplingConfig and ClipStatistics) without loading any weights."""
+    return config_from_dict(read_model_meta(path)["config"])
 
 
 def randn(shape, generator: Optional[torch.Generator], device, dtype=torch.float32) -> Tensor:
@@ -208,15 +227,7 @@ class IterGenDiffusionModel(nn.Module):
     ) -> "IterGenDiffusionModel":
         """Load a directory written by :meth:`save_pretrained`; components it does not hold come from their sources."""
         path = Path(path)
-        meta_file = path / MODEL_FILE
-        if not meta_file.exists():
-            raise MissingWeightsError(
-                f"{meta_file} not found: '{path}' is not an itergen diffusion checkpoint (save_pretrained output, "
-                f"e.g. runs/diffusion/latest)"
-            )
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != MODEL_FORMAT or meta.get("version") != MODEL_FORMAT_VERSION:
-            raise ValueError(f"{meta_file}: format {meta.get('format')!r} v{meta.get('version')!r} not supported")
+        meta = read_model_meta(path)
         config = config_from_dict(meta["config"])
         config.allow_download = allow_download
         local = {key: (path / sub).is_dir() for key, sub in SUBFOLDERS.items()}

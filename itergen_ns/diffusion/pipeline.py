@@ -90,15 +90,19 @@ class IterGenVideoPipeline:
         3x4). Renders are resized to the model resolution and the result back to the renders' resolution.
         ``target_intrinsics`` (fx, fy, cx, cy in pixels of ``renders``) are required only for Plücker maps.
         G may differ from ``num_frames`` (the temporal layers take any length; quality is best at the trained
-        length). Defaults for steps / scales / render noise come from the model config. Returns images in [0, 1]
+        length). Defaults for steps / scales / render noise come from the model's :class:`SamplingConfig`. Returns images in [0, 1]
         on the renders' device, or the final latents when ``output_type="latent"``.
         """
         model = self.model
         cfg = model.config
-        steps = num_inference_steps if num_inference_steps is not None else cfg.num_inference_steps
-        g3 = float(cfg.guidance_3d if guidance_3d is None else guidance_3d)
-        gi = float(cfg.guidance_input if guidance_input is None else guidance_input)
-        noise_level = float(cfg.render_noise if render_noise is None else render_noise)
+        sampling = cfg.sampling.with_overrides(
+            num_inference_steps=num_inference_steps,
+            guidance_3d=guidance_3d,
+            guidance_input=guidance_input,
+            render_noise=render_noise,
+        )
+        steps, g3, gi = sampling.num_inference_steps, float(sampling.guidance_3d), float(sampling.guidance_input)
+        noise_level = float(sampling.render_noise)
         g, c = renders.shape[0], input_images.shape[0]
         k = cfg.max_input_views
         if c < 1 or c > k:

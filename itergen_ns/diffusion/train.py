@@ -18,6 +18,7 @@ checkpoint path) restores everything, and because training items and noise are p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
 
+import numpy as np
 import torch
 import tyro
 from accelerate import Accelerator
@@ -35,9 +37,11 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from itergen_ns.diffusion.clip_stats import measure_clip_statistics
 from itergen_ns.diffusion.configs import DiffusionModelConfig, get_model_config
 from itergen_ns.diffusion.data import SnapshotClipDataset, StepSampler
 from itergen_ns.diffusion.model import IterGenDiffusionModel
+from itergen_ns.diffusion.sampling import SamplingConfig
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
 from itergen_ns.diffusion.vae_fit import fit_vae
 from itergen_ns.diffusion.visualize import save_clip_grid, save_side_by_side_video
@@ -96,8 +100,9 @@ class TrainDiffusionConfig:
     drop_inputs: float = 0.1
     drop_renders: float = 0.1
     drop_both: float = 0.1
-    render_noise: Optional[float] = None
-    """Std of noise on render latents; default: the model config's."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How the trained model will be sampled, saved in its directory. ``sampling.render_noise`` is also the std
+    of the training noise on render latents: 0 trains the paper's "no conditioning noise" ablation model."""
     render_noise_random: bool = False
     """Draw each sample's render noise uniformly in [0, render_noise] (the strength is a UNet time id)."""
     frame_stride: Tuple[int, int] = (1, 1)
@@ -190,10 +195,17 @@ class Trainer:
         self.model = IterGenDiffusionModel.from_config(self.model_config)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         self.model.to(acc.device)
-        self.render_noise = cfg.render_noise if cfg.render_noise is not None else self.model_config.render_noise
+        # The saved model is sampled the way it was trained: same render-noise std (and the training clips'
+        # camera motion, measured below, for the pose sampler).
+        cfg.sampling.validate()
+        self.model.config.sampling = dataclasses.replace(cfg.sampling)
+        self.render_noise = cfg.sampling.render_noise
         if cfg.gradient_checkpointing:
             self.model.denoiser.unet.enable_gradient_checkpointing()
         self.dataset = self._dataset(cfg.seed)
+        self.model.config.clip_statistics = measure_clip_statistics(
+            [np.asarray(shard.c2w) for shard in self.dataset.shards], self.model.num_frames, cfg.frame_stride
+        )
         self.vae_fitted = self.model_config.vae.pretrained is None and self._vae_fit_steps() > 0
 
         denoiser = self.model.denoiser

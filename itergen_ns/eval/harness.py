@@ -35,6 +35,9 @@ class MethodVariant:
     overrides: Tuple[Tuple[str, object], ...] = ()
     stochastic: bool = False
     uses_generator: bool = False
+    generator: str = "main"
+    """Which trained model the itergen rows use: "main" (--generator-checkpoint) or "no_render_noise"
+    (--generator-checkpoint-no-render-noise, a model trained without conditioning noise)."""
 
 
 VARIANTS: Dict[str, MethodVariant] = {
@@ -44,11 +47,10 @@ VARIANTS: Dict[str, MethodVariant] = {
         "itergen", (("pipeline.datamanager.one_shot", True),), stochastic=True, uses_generator=True
     ),
     "itergen-random-poses": MethodVariant(
-        "itergen", (("pipeline.datamanager.pose_order", "random"),), stochastic=True, uses_generator=True
+        "itergen", (("pipeline.datamanager.pose_sampler.order", "random"),), stochastic=True, uses_generator=True
     ),
-    "itergen-no-render-noise": MethodVariant(
-        "itergen", (("pipeline.generator.render_noise", 0.0),), stochastic=True, uses_generator=True
-    ),
+    # The paper's ablation: a model *trained* without conditioning noise, sampled without it (its SamplingConfig).
+    "itergen-no-render-noise": MethodVariant("itergen", stochastic=True, uses_generator=True, generator="no_render_noise"),
 }
 
 # A custom method for tests/extensions: (scene, num_views, sample, run_dir) -> (renders [F,H,W,3], gts, input_idx)
@@ -102,6 +104,8 @@ class EvalConfig:
     steps: int = 2000
     generator_checkpoint: Optional[Path] = None
     """Trained diffusion model for the itergen rows (`itergen train-diffusion` output, e.g. runs/diffusion/latest)."""
+    generator_checkpoint_no_render_noise: Optional[Path] = None
+    """Model for the itergen-no-render-noise row: trained with `itergen train-diffusion --sampling.render-noise 0`."""
     generator_random_init: bool = False
     """Run itergen rows with an untrained tiny model (smoke tests only)."""
     output_dir: Path = Path("runs/eval")
@@ -128,6 +132,7 @@ class EvalConfig:
         unknown = [m for m in self.methods if m not in VARIANTS and m not in custom_methods]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; known: {', '.join(VARIANTS)}")
+        self._check_generators()
         scenes = discover_eval_scenes(self.data)
         jobs = []
         for scene in scenes:
@@ -148,6 +153,24 @@ class EvalConfig:
                 results.append(self.run_one(scene, views, method, sample, custom_methods.get(method)))
                 progress.advance(task)
         return results
+
+    def _check_generators(self) -> None:
+        """Fail before any training when an ablation's model is missing or is not what the row claims."""
+        if "itergen-no-render-noise" not in self.methods or self.generator_random_init:
+            return
+        path = self.generator_checkpoint_no_render_noise
+        if path is None:
+            raise ValueError(
+                "itergen-no-render-noise needs a model trained without conditioning noise: train one with "
+                "`itergen train-diffusion --sampling.render-noise 0 ...` and pass --generator-checkpoint-no-render-noise DIR"
+            )
+        from itergen_ns.diffusion.model import read_model_config
+
+        noise = read_model_config(path).sampling.render_noise
+        if noise != 0.0:
+            raise ValueError(
+                f"--generator-checkpoint-no-render-noise {path}: trained with render noise {noise}, expected 0"
+            )
 
     def run_dir(self, scene: Path, views: int, method: str, sample: int) -> Path:
         return self.output_dir / "runs" / scene.name / f"{views}v" / f"{method}-s{sample}"
@@ -196,8 +219,11 @@ class EvalConfig:
         out.update(dict(variant.overrides))
         if variant.uses_generator:
             out["pipeline.datamanager.generation_seed"] = sample
-            if self.generator_checkpoint is not None:
-                out["pipeline.generator.checkpoint"] = Path(self.generator_checkpoint)
+            checkpoint = (
+                self.generator_checkpoint_no_render_noise if variant.generator == "no_render_noise" else self.generator_checkpoint
+            )
+            if checkpoint is not None:
+                out["pipeline.generator.checkpoint"] = Path(checkpoint)
             out["pipeline.generator.random_init"] = self.generator_random_init
         return out
 

@@ -9,12 +9,13 @@ stream) while training continues on the current pool; sync mode waits, which is 
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +46,7 @@ class GeneratedClip:
 class IterGenDataManagerConfig(SparseViewDatamanagerConfig):
     _target: Type = field(default_factory=lambda: IterGenDataManager)
     p_input: float = 0.75
-    """Probability that a training step uses an input view rather than a generated one (with the demo's tiny
-    generator, 0.75 scored +0.6/+0.9 dB held-out PSNR over 0.5 at 1/6 views on its two held-out scenes)."""
+    """Probability that a training step uses an input view rather than a generated one."""
     generate_every: int = 100
     """Steps between generations (sync) / earliest start of the next generation (async)."""
     generate_start: int = 0
@@ -54,15 +54,16 @@ class IterGenDataManagerConfig(SparseViewDatamanagerConfig):
     num_generated_frames: Optional[int] = None
     """Frames per clip (G); default: the generator's frame count."""
     pool_clips: int = 2
-    """Generated clips kept in the pool (the newest replace the oldest)."""
-    pose_order: Literal["uncertainty", "random"] = "uncertainty"
-    """uncertainty-guided ordering, or random poses around the object (ablation)."""
+    """Generated clips kept in the pool (the newest replace the oldest); one-shot keeps all its clips."""
     one_shot: bool = False
-    """Generate one full orbit at the start and never again (ablation)."""
+    """Ablation (paper): generate the whole ordered set of clips once, from the initial 3D state (as many clips,
+    at the same poses and in the same order as the iterative run would visit), then optimise on that fixed set."""
     async_generation: bool = True
     """Sample the next clip in a background worker while training continues."""
     pose_sampler: PoseSamplerConfig = field(default_factory=PoseSamplerConfig)
-    generation_seed: int = 0
+    generation_seed: Optional[int] = None
+    """Seed of the pose sampler, the sampling noise and the input/generated choice; None: the run's seed
+    (--machine.seed, with which nerfstudio seeds torch before building the pipeline)."""
 
 
 class _Ref:
@@ -89,16 +90,17 @@ class IterGenDataManager(SparseViewDatamanager):
         self.history: List[GeneratedClip] = []
         self.num_generations = 0
         self._pending: Optional[Future] = None
-        self._pending_step = -1
         self._next_due = config.generate_start
         self._executor: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
-        self._rng = random.Random(config.generation_seed)
+        self.seed = torch.initial_seed() if config.generation_seed is None else int(config.generation_seed)
+        self._rng = random.Random(self.seed)
         self._frame_order: List[Tuple[int, int]] = []
         self.timings: Dict[str, float] = {"render": 0.0, "generate": 0.0}
-        sampler_cfg = config.pose_sampler
-        sampler_cfg.order = config.pose_order
-        self.pose_sampler: PoseSampler = sampler_cfg.setup(input_c2w=self.train_dataset.cameras.camera_to_worlds)
+        self.pose_sampler: Optional[PoseSampler] = None
+        """Built by :meth:`attach` from the input cameras only and the generator's training-clip statistics."""
+        self.planned_steps: Optional[int] = None
+        """Length of the run (set by the pipeline from the trainer); sizes the one-shot ablation's clip set."""
 
     # --- wiring -----------------------------------------------------------------------------------------------
     def attach(self, model, generator) -> None:
@@ -114,6 +116,11 @@ class IterGenDataManager(SparseViewDatamanager):
                 f"{generator.max_input_views}; lower --pipeline.datamanager.num-input-views"
             )
         self._input_images, self._input_poses = self._conditioning_inputs()
+        self.pose_sampler = self.config.pose_sampler.setup(
+            input_c2w=self.train_dataset.cameras.camera_to_worlds,
+            seed=self.seed,
+            clip_statistics=generator.clip_statistics,
+        )
 
     @property
     def generator(self):
@@ -165,33 +172,47 @@ class IterGenDataManager(SparseViewDatamanager):
     def _sample(self, step: int, poses: Tensor, cameras: Cameras, renders: Tensor, seed: int) -> GeneratedClip:
         start = time.perf_counter()
         target = to_4x4(poses.float())
-        images = self.generator.sample(renders, self._input_images, self._input_poses, target, seed=seed)
+        intrinsics = None
+        if self.generator.needs_intrinsics:
+            intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1).float()
+        images = self.generator.sample(
+            renders, self._input_images, self._input_poses, target, seed=seed, target_intrinsics=intrinsics
+        )
         self.timings["generate"] += time.perf_counter() - start
         return GeneratedClip(step=step, poses=poses, renders=renders, images=images.float().clamp(0, 1).cpu(), cameras=cameras)
 
-    def _launch(self, step: int) -> None:
-        """Choose poses, render them now, and sample (now in sync mode, in the worker in async mode)."""
-        if self.config.one_shot:
-            poses = self.pose_sampler.full_orbit(self.num_frames)
-        else:
-            poses = self.pose_sampler.next_clip(self.num_frames)
+    def _render_and_sample(self, step: int, poses: Tensor, run_async: bool) -> None:
+        """Render the current 3D state at ``poses`` now, and sample there (now, or in the worker)."""
         cameras = self.generated_cameras(poses)
         start = time.perf_counter()
         renders = self.render_clip(cameras)
         self.timings["render"] += time.perf_counter() - start
-        seed = self.config.generation_seed * 100003 + self.num_generations
+        seed = self.seed * 100003 + self.num_generations
         self.num_generations += 1
-        if self.config.async_generation and not self.config.one_shot:
+        if run_async:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itergen-generator")
             self._pending = self._executor.submit(self._sample, step, poses, cameras, renders, seed)
-            self._pending_step = step
         else:
             self._add_to_pool(self._sample(step, poses, cameras, renders, seed))
 
+    def one_shot_num_clips(self) -> int:
+        """Clips an iterative run of ``planned_steps`` steps would generate (one per ``generate_every`` steps)."""
+        steps = self.planned_steps if self.planned_steps is not None else self.config.generate_every
+        return max(1, math.ceil((steps - self.config.generate_start) / self.config.generate_every))
+
+    def _launch(self, step: int) -> None:
+        """Choose poses and generate there; one-shot generates the whole planned set from the current state."""
+        if self.config.one_shot:
+            for poses in self.pose_sampler.plan(self.one_shot_num_clips(), self.num_frames):
+                self._render_and_sample(step, poses, run_async=False)
+            return
+        self._render_and_sample(step, self.pose_sampler.next_clip(self.num_frames), self.config.async_generation)
+
     def _add_to_pool(self, clip: GeneratedClip) -> None:
         with self._lock:
-            self.pool = (self.pool + [clip])[-self.config.pool_clips :]
+            keep = None if self.config.one_shot else self.config.pool_clips
+            self.pool = (self.pool + [clip])[-keep:] if keep else self.pool + [clip]
             self.history.append(clip)
             self._frame_order = []
         CONSOLE.log(f"itergen: clip {len(self.history)} generated from the step-{clip.step} model")

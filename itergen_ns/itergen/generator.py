@@ -28,14 +28,15 @@ class GeneratorConfig(InstantiateConfig):
     """Model directory from `itergen train-diffusion` (e.g. runs/diffusion/latest)."""
     random_init: bool = False
     """Without a checkpoint: use a randomly initialised `tiny` model (smoke tests and timing only)."""
-    num_inference_steps: int = 10
-    """Sampler steps per clip (few-step sampling is the main speed lever)."""
-    guidance_3d: float = 1.0
-    """CFG scale of the render condition (<1 pulls toward the 3D-unconditional model)."""
-    guidance_input: float = 1.5
-    """CFG scale of the input-image condition."""
-    render_noise: float = 0.1
-    """Noise added to the render latents at sampling time (0: ablation without conditioning noise)."""
+    num_inference_steps: Optional[int] = None
+    """Sampler steps per clip; None: the model's SamplingConfig (saved in its directory)."""
+    guidance_3d: Optional[float] = None
+    """CFG scale of the render condition (<1 pulls toward the 3D-unconditional model); None: the model's."""
+    guidance_input: Optional[float] = None
+    """CFG scale of the input-image condition; None: the model's."""
+    render_noise: Optional[float] = None
+    """Std of the noise on render latents at sampling; None: the std the model was trained with. Setting 0 on a
+    model trained with noise is NOT the paper's no-noise ablation (that model is trained without it)."""
     expected_num_frames: Optional[int] = None
     """Fail before training if the checkpoint's frame count differs."""
     expected_resolution: Optional[int] = None
@@ -76,6 +77,13 @@ class Generator:
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.dtype]
         self.pipe = pipe.to(self.device, dtype=dtype if self.device.type == "cuda" and dtype != torch.float32 else None)
         self._check_expectations()
+        self.sampling = self.pipe.model.config.sampling.with_overrides(
+            num_inference_steps=config.num_inference_steps,
+            guidance_3d=config.guidance_3d,
+            guidance_input=config.guidance_input,
+            render_noise=config.render_noise,
+        )
+        """The settings every clip is sampled with: the model's SamplingConfig plus this config's overrides."""
         self._stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
 
     def _check_expectations(self) -> None:
@@ -105,6 +113,16 @@ class Generator:
         return self.pipe.num_frames
 
     @property
+    def needs_intrinsics(self) -> bool:
+        """Whether samples need the target cameras' intrinsics (Plücker ray maps)."""
+        return "plucker" in self.pipe.model.config.extra_maps
+
+    @property
+    def clip_statistics(self):
+        """The training clips' camera motion (:class:`ClipStatistics`), or None for an untrained model."""
+        return self.pipe.model.config.clip_statistics
+
+    @property
     def max_input_views(self) -> int:
         """Most input images one sample can be conditioned on."""
         return int(self.pipe.model.config.max_input_views)
@@ -117,15 +135,20 @@ class Generator:
         input_poses: Float[Tensor, "C 4 4"],
         target_poses: Float[Tensor, "G 4 4"],
         seed: int = 0,
+        target_intrinsics: Optional[Float[Tensor, "G 4"]] = None,
     ) -> Float[Tensor, "G 3 H W"]:
-        """Sample G target images in [0, 1] conditioned on renders at ``target_poses`` and the inputs."""
+        """Sample G target images in [0, 1] conditioned on renders at ``target_poses`` and the inputs.
+
+        ``target_intrinsics`` (fx, fy, cx, cy in pixels of ``renders``) are needed by models with Plücker maps.
+        """
         rng = torch.Generator(device=self.device).manual_seed(int(seed))
         kwargs = dict(
-            num_inference_steps=self.config.num_inference_steps,
-            guidance_3d=self.config.guidance_3d,
-            guidance_input=self.config.guidance_input,
-            render_noise=self.config.render_noise,
+            num_inference_steps=self.sampling.num_inference_steps,
+            guidance_3d=self.sampling.guidance_3d,
+            guidance_input=self.sampling.guidance_input,
+            render_noise=self.sampling.render_noise,
             generator=rng,
+            target_intrinsics=target_intrinsics,
         )
         if self._stream is None:
             return self.pipe(renders, input_images, input_poses, target_poses, **kwargs).float().cpu()

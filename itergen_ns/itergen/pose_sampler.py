@@ -2,18 +2,31 @@
 
 Generated poses are rigid motions of a known camera along the capture orbit: rotate about the orbit's up
 axis through the object centre (azimuth), tilt about the horizontal axis (elevation), and dolly along the
-view direction (zoom). The first clip starts exactly at an input pose and every later clip starts where the
-previous one ended, moving towards the nearest azimuths not yet covered by inputs or earlier clips — the
-model generates where it is least uncertain first, growing outward from what it has seen.
-Ablations: ``order="random"`` (clips start at random orbit positions, random direction) and ``full_orbit``
-(one clip around the whole object, used by one-shot mode).
+view direction (zoom). With C inputs there are C chains: clip n continues chain n mod C, which starts exactly
+at input n mod C and then where its previous clip ended, moving towards the nearest azimuths not yet covered
+by inputs or earlier clips — the model generates where it is least uncertain first, growing outward from
+what it has seen. The per-frame angular step and zoom follow the generator's training clips
+(:class:`~itergen_ns.diffusion.sampling.ClipStatistics`), so generated trajectories look like the ones the
+model learned from.
+
+Leak-free by construction: the sampler is built from the input cameras only (and its own earlier clips);
+it never sees held-out cameras.
+
+The orbit is level. With >= 3 inputs its up axis is the normal of the plane through the input centres. With
+1-2 inputs the roll is assumed zero and the vertical is recovered from each input camera's up and view
+vectors with an elevation prior (default: the training clips' mean elevation): a camera that looks down at
+elevation e has world up = cos(e) * cam_up - sin(e) * forward. (Using the camera's own up as the orbit axis
+tilts the orbit by e: at the far side the camera would look up at the object from below its equator.)
+
+Ablation: ``order="random"`` (clips start at random orbit positions, random direction).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
-from typing import List, Literal, Tuple, Type
+from typing import Deque, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -22,7 +35,12 @@ from torch import Tensor
 
 from nerfstudio.configs.base_config import InstantiateConfig
 
-from itergen_ns.data.camera_utils import nearest_point_to_axes
+from itergen_ns.data.camera_utils import nearest_point_to_axes, orbit_plane_normal
+
+FALLBACK_DEGREES_PER_FRAME = 4.0
+"""Angular step when the generator carries no training-clip statistics (an untrained smoke-test model)."""
+FALLBACK_ELEVATION_DEGREES = 20.0
+"""Elevation prior for 1-2 inputs without statistics (the middle of the procedural captures' 8-40 degrees)."""
 
 
 def axis_angle_matrix(axis: Float[Tensor, "3"], angle: float) -> Float[Tensor, "3 3"]:
@@ -42,21 +60,19 @@ class Orbit:
     ref: Float[Tensor, "3"]
 
     @classmethod
-    def from_cameras(cls, c2w: Float[Tensor, "N 3 4"]) -> "Orbit":
+    def from_cameras(cls, c2w: Float[Tensor, "N 3 4"], elevation_prior_degrees: float = FALLBACK_ELEVATION_DEGREES) -> "Orbit":
+        """The orbit of an inward capture seen from ``c2w`` (the input cameras only)."""
         c2w = c2w.double()
         if c2w.shape[0] >= 2:
             centre = nearest_point_to_axes(c2w)
         else:  # one camera: the point on its axis nearest the world origin (parsers centre the object)
             origin, forward = c2w[0, :, 3], -c2w[0, :, 2]
             centre = origin + torch.clamp(torch.dot(-origin, forward), min=1e-3) * forward
-        cam_up = c2w[:, :, 1].mean(0)
-        up = cam_up
         positions = c2w[:, :, 3] - centre
-        if c2w.shape[0] >= 3:  # normal of the plane through the camera centres, oriented like the cameras' up
-            _, s, vh = torch.linalg.svd(positions - positions.mean(0))
-            if s[-1] < 0.5 * s[-2]:
-                up = vh[-1] * torch.sign(torch.dot(vh[-1], cam_up) + 1e-12)
-        up = up / up.norm()
+        cam_up = c2w[:, :, 1].mean(0)
+        up = orbit_plane_normal(positions, cam_up) if c2w.shape[0] >= 3 else None
+        if up is None:
+            up = level_up(c2w, elevation_prior_degrees)
         radial = positions[0] - torch.dot(positions[0], up) * up
         if radial.norm() < 1e-6:
             radial = torch.linalg.cross(up, torch.tensor([1.0, 0.0, 0.0], dtype=up.dtype))
@@ -90,6 +106,21 @@ class Orbit:
         return torch.cat([rot, pos[:, None]], dim=1)
 
 
+def level_up(c2w: Float[Tensor, "N 3 4"], elevation_degrees: float) -> Float[Tensor, "3"]:
+    """World up from cameras with zero roll looking down at ``elevation_degrees``: each camera gives
+    cos(e) * up_cam - sin(e) * forward; with two cameras at a common elevation the up is also orthogonal to
+    their baseline, so that component is removed."""
+    e = math.radians(elevation_degrees)
+    forward = -c2w[:, :, 2]
+    est = (math.cos(e) * c2w[:, :, 1] - math.sin(e) * forward).mean(0)
+    if c2w.shape[0] == 2:
+        base = c2w[1, :, 3] - c2w[0, :, 3]
+        if base.norm() > 1e-9:
+            base = base / base.norm()
+            est = est - torch.dot(est, base) * base
+    return est / est.norm()
+
+
 @dataclass
 class PoseSamplerConfig(InstantiateConfig):
     """Pose sampler P_lambda."""
@@ -97,38 +128,60 @@ class PoseSamplerConfig(InstantiateConfig):
     _target: Type = field(default_factory=lambda: PoseSampler)
     order: Literal["uncertainty", "random"] = "uncertainty"
     """uncertainty: outward from inputs and earlier clips; random: clips at random orbit positions (ablation)."""
-    degrees_per_frame: float = 4.0
-    """Azimuth step between consecutive generated frames."""
+    degrees_per_frame: Optional[float] = None
+    """Angular step between consecutive generated frames; None: the generator's training clips' mean step
+    (ClipStatistics in its model directory; FALLBACK_DEGREES_PER_FRAME for a model without them)."""
+    elevation_prior_degrees: Optional[float] = None
+    """With 1-2 inputs: the inputs' assumed elevation, which fixes the vertical; None: the training clips' mean
+    elevation (FALLBACK_ELEVATION_DEGREES without statistics). Unused with >= 3 inputs."""
     input_coverage_degrees: float = 15.0
     """Half-width of the azimuth arc an input view counts as covering."""
     elevation_step_degrees: float = 1.0
     """Std of the per-frame elevation random walk."""
     elevation_margin_degrees: float = 15.0
     """Elevations stay within the inputs' range widened by this margin."""
-    zoom_probability: float = 0.25
-    """Chance that a clip zooms in or out over its length."""
+    zoom_log_std: Optional[float] = None
+    """Each clip dollies by exp(N(0, s)) over its length (clipped at 2 s); None: the training clips' zoom spread
+    (0 without statistics)."""
+    zoom_probability: float = 0.0
+    """Chance of an extra, deliberate zoom in or out within zoom_range over a clip (0: only the training-like
+    dolly above)."""
     zoom_range: Tuple[float, float] = (0.8, 1.2)
-    seed: int = 0
+    max_history: int = 64
+    """Clips remembered in ``clips`` (for the viewer and tests); older ones are dropped."""
 
 
 class PoseSampler:
-    """Stateful sampler of G-frame camera clips (OpenGL c2w [G, 3, 4])."""
+    """Stateful sampler of G-frame camera clips (OpenGL c2w [G, 3, 4]).
 
-    def __init__(self, config: PoseSamplerConfig, input_c2w: Float[Tensor, "N 3 4"]):
+    ``seed`` comes from the run (itergen: the datamanager's generation seed, which follows --machine.seed);
+    ``clip_statistics`` from the generator's model directory.
+    """
+
+    def __init__(self, config: PoseSamplerConfig, input_c2w: Float[Tensor, "N 3 4"], seed: int = 0, clip_statistics=None):
         if input_c2w.shape[0] == 0:
             raise ValueError("PoseSampler needs at least one input camera")
         self.config = config
+        stats = clip_statistics
+        self.degrees_per_frame = _first(
+            config.degrees_per_frame, stats and stats.degrees_per_frame, FALLBACK_DEGREES_PER_FRAME
+        )
+        self.elevation_prior = _first(
+            config.elevation_prior_degrees, stats and stats.mean_elevation_degrees, FALLBACK_ELEVATION_DEGREES
+        )
+        self.zoom_log_std = _first(config.zoom_log_std, stats and stats.zoom_log_std, 0.0)
         self.inputs = input_c2w.detach().double().cpu()
-        self.orbit = Orbit.from_cameras(self.inputs)
-        self.rng = np.random.default_rng(config.seed)
+        self.orbit = Orbit.from_cameras(self.inputs, self.elevation_prior)
+        self.rng = np.random.default_rng(seed)
         elevations = [self.orbit.elevation(c) for c in self.inputs]
         margin = config.elevation_margin_degrees
         self.elevation_bounds = (max(-85.0, min(elevations) - margin), min(85.0, max(elevations) + margin))
         self.covered = np.zeros(360, dtype=bool)
         self._reset_coverage()
-        self.last_end: Tensor | None = None
-        self.clips: List[Tensor] = []
-        self.next_input = 0
+        self.chain_ends: List[Optional[Tensor]] = [None] * len(self.inputs)
+        """Where each input's chain of clips has got to (None: not started)."""
+        self.clips: Deque[Tensor] = deque(maxlen=config.max_history)
+        self.num_clips = 0
 
     def _reset_coverage(self) -> None:
         self.covered[:] = False
@@ -155,8 +208,10 @@ class PoseSampler:
         """Clip from ``anchor`` (frame 0 == anchor) moving ``direction`` along the orbit."""
         cfg = self.config
         zoom_to = 1.0
+        if self.zoom_log_std > 0:
+            zoom_to = math.exp(float(np.clip(self.rng.normal(0.0, 1.0), -2.0, 2.0)) * self.zoom_log_std)
         if self.rng.random() < cfg.zoom_probability:
-            zoom_to = float(self.rng.uniform(*cfg.zoom_range))
+            zoom_to *= float(self.rng.uniform(*cfg.zoom_range))
         lo, hi = self.elevation_bounds
         elevation = self.orbit.elevation(anchor)
         frames, d_el_total = [anchor.double()], 0.0
@@ -166,7 +221,7 @@ class PoseSampler:
             elevation += step
             d_el_total += step
             zoom = 1.0 + (zoom_to - 1.0) * j / max(1, num_frames - 1)
-            frames.append(self.orbit.move(anchor, direction * cfg.degrees_per_frame * j, d_el_total, zoom))
+            frames.append(self.orbit.move(anchor, direction * self.degrees_per_frame * j, d_el_total, zoom))
         return torch.stack(frames)
 
     def next_clip(self, num_frames: int) -> Float[Tensor, "G 3 4"]:
@@ -176,25 +231,27 @@ class PoseSampler:
             anchor = self.orbit.move(anchor, float(self.rng.uniform(0, 360)), 0.0, 1.0)
             clip = self._trajectory(anchor, num_frames, 1 if self.rng.random() < 0.5 else -1)
         else:
-            anchor = self.last_end
+            chain = self.num_clips % len(self.inputs)
+            anchor = self.chain_ends[chain]
             if anchor is None:
-                anchor = self.inputs[self.next_input % len(self.inputs)]
-                self.next_input += 1
+                anchor = self.inputs[chain]
             direction = self._direction_to_uncovered(self.orbit.azimuth(anchor))
             if direction == 0:  # orbit fully covered: a new round outward from the inputs, with fresher renders
                 self._reset_coverage()
                 direction = self._direction_to_uncovered(self.orbit.azimuth(anchor)) or 1
             clip = self._trajectory(anchor, num_frames, direction)
             for c in clip:
-                self._cover(self.orbit.azimuth(c), self.config.degrees_per_frame / 2 + 0.5)
-            self.last_end = clip[-1]
+                self._cover(self.orbit.azimuth(c), self.degrees_per_frame / 2 + 0.5)
+            self.chain_ends[chain] = clip[-1]
+        self.num_clips += 1
         self.clips.append(clip)
         return clip.float()
 
-    def full_orbit(self, num_frames: int) -> Float[Tensor, "G 3 4"]:
-        """One clip once around the object from the first input (one-shot ablation)."""
-        anchor = self.inputs[0]
-        step = 360.0 / num_frames
-        clip = torch.stack([self.orbit.move(anchor, step * j, 0.0, 1.0) for j in range(num_frames)])
-        self.clips.append(clip)
-        return clip.float()
+    def plan(self, num_clips: int, num_frames: int) -> List[Float[Tensor, "G 3 4"]]:
+        """The next ``num_clips`` clips at once (one-shot ablation: the poses and order an iterative run visits)."""
+        return [self.next_clip(num_frames) for _ in range(num_clips)]
+
+
+def _first(*values):
+    """The first value that is not None (an explicit setting, then a measured statistic, then a fallback)."""
+    return next(float(v) for v in values if v is not None)
