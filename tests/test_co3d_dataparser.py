@@ -17,7 +17,7 @@ from co3d_fixture import OBJECT_CENTER, WORLD_UP, make_co3d_sequence, project_py
 from itergen_ns.data.camera_utils import nearest_point_to_axes
 from itergen_ns.data.co3d_dataparser import CO3DDataError, CO3DDataParser, CO3DDataParserConfig, is_co3d_sequence
 
-ALL = dict(num_input_views=0)  # every frame in every split
+ALL = dict(num_input_views=0, frame_size=None)  # every frame in every split, unframed (raw CO3D geometry)
 
 
 def parse(seq, split="train", **kwargs):
@@ -147,8 +147,9 @@ def test_up_sign_follows_cameras_with_jitter(tmp_path):
 
 
 def test_pointcloud_centre_and_points(tmp_path):
+    """The explicit leak flags still work (off by default: see test_leaks.py)."""
     seq = make_co3d_sequence(tmp_path, with_pointcloud=True)
-    out = parse(seq, center_method="pointcloud", **ALL)
+    out = parse(seq, center_method="pointcloud", load_3d_points=True, **ALL)
     import trimesh
 
     raw = np.asarray(trimesh.load(seq.sequence_dir / "pointcloud.ply").vertices)
@@ -254,12 +255,14 @@ def test_splits_deterministic_and_disjoint(tmp_path):
         assert parse(seq, num_input_views=n, input_view_seed=3).metadata["co3d_frame_numbers"] == tr_n
     one = [parse(seq, num_input_views=1, input_view_seed=s).metadata["co3d_frame_numbers"][0] for s in range(6)]
     assert len(set(one)) > 1  # the seed matters
-    # the cameras follow the split: the train camera of frame k is the k-th camera of the dense parse
-    dense = parse(seq, **ALL)
+    # the cameras follow the split: split="all" holds every frame in the run's (input-only) normalisation
     tr = parse(seq, num_input_views=6, input_view_seed=3)
+    every = parse(seq, "all", num_input_views=6, input_view_seed=3)
     pos = [numbers.index(n) for n in tr.metadata["co3d_frame_numbers"]]
-    assert torch.equal(tr.cameras.camera_to_worlds, dense.cameras.camera_to_worlds[pos])
-    assert tr.image_filenames == [dense.image_filenames[p] for p in pos]
+    assert tr.metadata["input_view_indices"] == every.metadata["input_view_indices"] == pos
+    assert every.metadata["co3d_frame_numbers"] == numbers
+    assert torch.equal(tr.cameras.camera_to_worlds, every.cameras.camera_to_worlds[pos])
+    assert tr.image_filenames == [every.image_filenames[p] for p in pos]
 
 
 def test_explicit_views(tmp_path):

@@ -97,21 +97,42 @@ def test_zero_views_means_all(dataset: Path) -> None:
     assert _frame_ids(train) == _frame_ids(val) == list(range(NUM))
 
 
-def test_transform_consistent_across_splits_and_n(dataset: Path) -> None:
-    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+def test_transform_shared_by_splits_and_from_inputs(dataset: Path) -> None:
+    """Every split (and split="all") has the transform computed from the inputs; it maps back to the raw poses."""
+    from nerfstudio.data.dataparsers.base_dataparser import transform_poses_to_original_space
 
-    reference = NerfstudioDataParserConfig(data=dataset, eval_mode="all").setup().get_dataparser_outputs("train")
-    ref_c2w = reference.cameras.camera_to_worlds
+    meta = json.loads((dataset / "transforms.json").read_text())
+    raw = {f["file_path"]: torch.tensor(f["transform_matrix"], dtype=torch.float32)[:3] for f in meta["frames"]}
     for n in (1, 5):
-        train, val, _ = _parse(dataset, num_input_views=n, input_view_seed=2)
+        train, val, parser = _parse(dataset, num_input_views=n, input_view_seed=2)
+        every = parser.get_dataparser_outputs("all")
+        assert _frame_ids(every) == list(range(NUM))
         for out in (train, val):
-            assert torch.allclose(out.dataparser_transform, reference.dataparser_transform)
-            assert out.dataparser_scale == pytest.approx(reference.dataparser_scale)
+            assert torch.equal(out.dataparser_transform, every.dataparser_transform)
+            assert out.dataparser_scale == every.dataparser_scale
             idx = torch.tensor(out.metadata["split_indices"])
-            assert torch.allclose(out.cameras.camera_to_worlds, ref_c2w[idx])
-    # the scale normalises all frames to the unit box, not just the train ones
-    assert ref_c2w[:, :3, 3].abs().max() == pytest.approx(1.0, abs=1e-5)
-    assert reference.dataparser_scale != pytest.approx(1.0)
+            assert torch.equal(out.cameras.camera_to_worlds, every.cameras.camera_to_worlds[idx])
+        c2w = train.cameras.camera_to_worlds.double()
+        # the input cameras are at distance 1 from the centre, which is where their axes meet
+        assert torch.allclose(c2w[:, :, 3].norm(dim=-1).median(), torch.tensor(1.0, dtype=torch.float64), atol=1e-5)
+        back = transform_poses_to_original_space(
+            every.cameras.camera_to_worlds, every.dataparser_transform, every.dataparser_scale, "opengl"
+        )
+        expected = torch.stack([raw[f"images/{p.name}"] for p in every.image_filenames])
+        assert torch.allclose(back, expected, atol=1e-4)
+    # with one input the camera looks at the new origin from distance 1, with its own up vector tilted to +z
+    one = _parse(dataset, num_input_views=1, input_view_seed=2)[0].cameras.camera_to_worlds[0].double()
+    assert torch.allclose(one[:, 3].norm(), torch.tensor(1.0, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(-one[:, 2], -one[:, 3] / one[:, 3].norm(), atol=1e-6)
+    assert torch.allclose(one[:, 1], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), atol=1e-6)
+
+
+def test_orientation_override_rejected(dataset: Path) -> None:
+    meta = json.loads((dataset / "transforms.json").read_text())
+    meta["orientation_override"] = "up"
+    (dataset / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="orientation_override.*all frames"):
+        _parse(dataset)
 
 
 def test_masks_can_be_turned_off(dataset: Path) -> None:

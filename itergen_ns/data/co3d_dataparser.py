@@ -2,16 +2,24 @@
 
 What it produces, per split:
 
-* cameras: CO3D's PyTorch3D extrinsics and NDC intrinsics converted to nerfstudio OpenGL cameras with per-frame image
-  sizes (see ``itergen_ns/data/co3d/geometry.py`` for the conventions), then normalised: centred on the point nearest
-  to all camera axes (or the point-cloud bounding-box centre), the capture orbit's normal rotated to +z, and scaled so
-  the median camera distance is ``camera_radius``. The transform is recorded as ``dataparser_transform`` /
-  ``dataparser_scale`` so exports map back to CO3D world coordinates. The normalisation is computed from every usable
-  frame, so all splits share it.
+* cameras: CO3D's PyTorch3D extrinsics and NDC intrinsics converted to nerfstudio OpenGL cameras (see
+  ``itergen_ns/data/co3d/geometry.py`` for the conventions), then normalised from the *input* (train-split) cameras
+  only (``itergen_ns/data/normalization.py``): centred on the point nearest to the input camera axes, the input orbit's
+  normal (1-2 inputs: their up vector) rotated to +z, and scaled so the median input-camera distance is
+  ``camera_radius``. Every split gets that same transform, so renders of held-out frames are consistent with the
+  model, and the 3D frame of a run does not depend on which or how many held-out frames exist. The transform is
+  recorded as ``dataparser_transform`` / ``dataparser_scale`` so exports map back to CO3D world coordinates.
 * splits: ``num_input_views`` frames chosen by ``select_input_views`` (or explicit ones) for ``train``, all other frames
-  for ``val``/``test``; optionally restricted or defined by a CO3D set list.
-* images: the CO3D files as they are, or -- with a crop or a background colour -- processed PNGs cached under
+  for ``val``/``test``; optionally restricted or defined by a CO3D set list. ``split="all"`` gives every usable frame
+  (with the same normalisation; ``metadata["input_view_indices"]`` are positions in that list).
+* framing: by default every frame is framed by ``itergen_ns.data.framing`` (centred square crop resized to
+  ``frame_size``), the one framing shared by the snapshot exporter, the eval harness and the itergen generator; an
+  object crop (``crop_size``) replaces it.
+* images: the CO3D files as they are, or -- framed, cropped or with a background colour -- processed PNGs cached under
   ``<sequence>/.itergen_cache/<settings hash>/`` (written atomically, reused on later runs).
+* initial points: none. The sequence's ``pointcloud.ply`` is CO3D's reconstruction from *all* frames, so it is only
+  read with ``load_3d_points`` / ``center_method="pointcloud"`` (never for evaluation); the datamanager initialises
+  from the input views instead.
 
 Backgrounds: ``mask_background="white"|"black"`` alpha-composites every image (train and eval) onto that colour with
 CO3D's soft foreground mask, ``I' = m * I + (1 - m) * colour``, so a model rendering that background colour is scored on
@@ -35,6 +43,7 @@ from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 
+from itergen_ns.data import framing
 from itergen_ns.data.camera_utils import nearest_point_to_axes
 from itergen_ns.data.co3d import annotations as ann
 from itergen_ns.data.co3d import geometry as geo
@@ -59,15 +68,21 @@ class CO3DDataParserConfig(DataParserConfig, SparseSplitConfig):
     set_list: Optional[str] = None
     """CO3D set list to use, e.g. ``fewview_dev`` (-> ``<category>/set_lists/set_lists_fewview_dev.json``)."""
     center_method: Literal["axes", "pointcloud", "none"] = "axes"
-    """Scene centre: point nearest to all camera axes, the point cloud's bounding-box centre, or keep CO3D's origin."""
+    """Scene centre: point nearest to the input cameras' axes (one input: on its axis), or keep CO3D's origin.
+    "pointcloud" centres on the bounding box of CO3D's point cloud, which is reconstructed from ALL frames: it leaks
+    held-out geometry, not for evaluation."""
     orient: bool = True
-    """Rotate the normal of the camera orbit's plane to +z."""
+    """Rotate the normal of the input cameras' orbit plane (1-2 inputs: their up vector) to +z."""
     camera_radius: Optional[float] = 1.0
-    """Scale so the median camera distance to the centre is this; None keeps CO3D's scale."""
+    """Scale so the median input-camera distance to the centre is this; None keeps CO3D's scale."""
     scene_box_scale: float = 1.0
-    """Half-size of the scene box, in units of the median camera distance."""
-    load_3d_points: bool = True
-    """Pass the sequence's point cloud (if present) as ``points3D_xyz``/``points3D_rgb`` metadata."""
+    """Half-size of the scene box, in units of the median input-camera distance."""
+    load_3d_points: bool = False
+    """Pass the sequence's point cloud as ``points3D_xyz``/``points3D_rgb`` (initial Gaussians). It is CO3D's
+    reconstruction from ALL frames of the sequence, so it leaks held-out geometry: not for evaluation."""
+    frame_size: Optional[int] = 256
+    """The shared framing (``itergen_ns.data.framing``): each frame's centred square crop resized to this side. Used
+    when crop_size is None; None keeps full frames (frames of different sizes cannot be scored together)."""
     use_masks: bool = False
     """Pass binarised CO3D foreground masks as mask_filenames (nerfstudio ignores masked-out pixels in the loss)."""
     mask_threshold: float = 0.5
@@ -75,7 +90,8 @@ class CO3DDataParserConfig(DataParserConfig, SparseSplitConfig):
     mask_background: Literal["none", "white", "black"] = "none"
     """Composite every image onto this colour with the soft mask (``none``: keep the real background)."""
     crop_size: Optional[int] = None
-    """Side (source pixels) of a square crop around the object; shrunk to fit each image. None: no crop."""
+    """Side (source pixels) of a square crop around the object, shrunk to fit each image; replaces the framing
+    (frame_size). None: no object crop."""
     crop_output_size: Optional[int] = None
     """Resize crops to this side in pixels (None: keep crop_size)."""
     crop_center: Literal["mask_bbox", "scene_center"] = "mask_bbox"
@@ -94,6 +110,12 @@ class _Scene:
     frames: List[ann.CO3DFrame]
     c2w: torch.Tensor  # [N, 3, 4] float64 OpenGL, CO3D world
     intrinsics: torch.Tensor  # [N, 4] float64 (fx, fy, cx, cy) in source pixels
+
+
+@dataclass
+class _Frame3D:
+    """The run's 3D frame: computed from the input cameras (and, only when asked for, CO3D's point cloud)."""
+
     center: torch.Tensor  # [3] scene centre in CO3D world
     normalization: geo.Normalization
     points: Optional[Tuple[np.ndarray, np.ndarray]]  # CO3D-world xyz [P, 3], rgb uint8 [P, 3]
@@ -117,6 +139,7 @@ class CO3DDataParser(DataParser):
     def __init__(self, config: CO3DDataParserConfig):
         super().__init__(config=config)
         self._scene: Optional[_Scene] = None
+        self._frame3d: Optional[_Frame3D] = None
 
     # ----------------------------------------------------------------------------------------------- scene
     def _needs_masks(self) -> bool:
@@ -147,7 +170,10 @@ class CO3DDataParser(DataParser):
         return usable
 
     def _load_points(self, layout: ann.CO3DLayout) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """CO3D-world point cloud of the sequence (path from sequence_annotations, else ``pointcloud.ply``)."""
+        """CO3D-world point cloud of the sequence (path from sequence_annotations, else ``pointcloud.ply``).
+
+        Only for the explicit leak flags (load_3d_points, center_method="pointcloud"): it is reconstructed from all frames.
+        """
         path = layout.sequence_dir / "pointcloud.ply"
         record = ann.load_sequence_annotation(layout)
         if record and isinstance(record.get("point_cloud"), dict) and record["point_cloud"].get("path"):
@@ -180,7 +206,17 @@ class CO3DDataParser(DataParser):
             torch.tensor([f.height for f in frames]),
             [f.intrinsics_format for f in frames],
         )
-        points = self._load_points(layout) if (cfg.load_3d_points or cfg.center_method == "pointcloud") else None
+        self._scene = _Scene(layout, frames, c2w, intrinsics)
+        return self._scene
+
+    def _get_frame3d(self) -> _Frame3D:
+        """Normalisation from the train split's cameras only (the same for every split)."""
+        if self._frame3d is not None:
+            return self._frame3d
+        cfg = self.config
+        scene = self._get_scene()
+        inputs = scene.c2w[self.split_indices()["train"]]
+        points = self._load_points(scene.layout) if (cfg.load_3d_points or cfg.center_method == "pointcloud") else None
         if cfg.center_method == "pointcloud" and points is not None:
             lo, hi = np.quantile(points[0], [0.01, 0.99], axis=0)  # robust bounding box
             center = torch.from_numpy((lo + hi) / 2.0)
@@ -189,12 +225,12 @@ class CO3DDataParser(DataParser):
         else:
             if cfg.center_method == "pointcloud":
                 warnings.warn(
-                    f"CO3D: no point cloud for {layout.sequence_dir}; centring on the camera axes", stacklevel=2
+                    f"CO3D: no point cloud for {scene.layout.sequence_dir}; centring on the camera axes", stacklevel=2
                 )
-            center = nearest_point_to_axes(c2w)
-        normalization = geo.compute_normalization(c2w, center=center, orient=cfg.orient, radius=cfg.camera_radius)
-        self._scene = _Scene(layout, frames, c2w, intrinsics, center, normalization, points)
-        return self._scene
+            center = nearest_point_to_axes(inputs)
+        normalization = geo.compute_normalization(inputs, center=center, orient=cfg.orient, radius=cfg.camera_radius)
+        self._frame3d = _Frame3D(center, normalization, points)
+        return self._frame3d
 
     # ----------------------------------------------------------------------------------------------- splits
     def _choose(self, frames: List[ann.CO3DFrame], pool: List[int]) -> Tuple[List[int], List[int]]:
@@ -241,18 +277,21 @@ class CO3DDataParser(DataParser):
         """Image/mask files and intrinsics for the frames at ``indices`` (processing them into the cache if needed)."""
         cfg = self.config
         cropping = cfg.crop_size is not None
-        processing = cropping or cfg.mask_background != "none"
+        frame_size = None if cropping else cfg.frame_size
+        processing = cropping or frame_size is not None or cfg.mask_background != "none"
         if not processing and not cfg.use_masks:
             return [self._raw(scene, i) for i in indices]
         settings = {
             "mask_background": cfg.mask_background,
             "mask_threshold": cfg.mask_threshold,
             "crop_center": cfg.crop_center if cropping else None,
+            "frame": "centred-square-v1" if frame_size is not None else None,
         }
         cache = img.cache_folder(scene.layout.sequence_dir, settings, cfg.cache_dir)
         center_px = None
-        if cropping:
-            center_px = geo.project_opengl(scene.c2w[indices], scene.intrinsics[indices], scene.center[None])[:, 0]
+        if cropping and cfg.crop_center == "scene_center":
+            center = self._get_frame3d().center
+            center_px = geo.project_opengl(scene.c2w[indices], scene.intrinsics[indices], center[None])[:, 0]
         need_mask = self._needs_masks()
 
         def work(k: int) -> _Prepared:
@@ -265,10 +304,17 @@ class CO3DDataParser(DataParser):
                 center = img.mask_bbox_center(alpha, cfg.mask_threshold) if cfg.crop_center == "mask_bbox" else None
                 if center is None:
                     fallback = cfg.crop_center == "mask_bbox"
-                    u, v = center_px[k].tolist()
+                    if center_px is None:  # mask_bbox fallback: the projected scene centre
+                        point = self._get_frame3d().center[None]
+                        uv = geo.project_opengl(scene.c2w[i : i + 1], scene.intrinsics[i : i + 1], point)[0, 0]
+                    else:
+                        uv = center_px[k]
+                    u, v = uv.tolist()
                     center = (u, v) if np.isfinite([u, v]).all() else (w / 2.0, h / 2.0)
                 box = img.square_crop_box(center, cfg.crop_size, w, h, cfg.crop_output_size)
             name = frame.image_path.stem + (f"_crop{box.x0}_{box.y0}_{box.side}_{box.out_size}" if box else "")
+            if frame_size is not None:
+                name += f"_frame{frame_size}"
             image_path = cache / "images" / f"{name}.png" if processing else frame.image_path
             mask_path = cache / "masks" / f"{name}.png" if cfg.use_masks else None
             if processing and not image_path.exists():
@@ -279,15 +325,21 @@ class CO3DDataParser(DataParser):
                     rgb = img.composite(rgb, alpha, img.BACKGROUND_COLORS[cfg.mask_background])
                 if box is not None:
                     rgb = img.apply_crop(rgb, box, Image.Resampling.BILINEAR)
+                if frame_size is not None:
+                    rgb = framing.frame_image(rgb, frame_size)
                 img.write_png_atomic(rgb, image_path)
             if mask_path is not None and not mask_path.exists():
                 binary = ((alpha >= cfg.mask_threshold) * 255).astype(np.uint8)
                 if box is not None:
                     binary = img.apply_crop(binary, box, Image.Resampling.NEAREST)
+                if frame_size is not None:
+                    binary = framing.frame_image(binary[..., None], frame_size, mode="nearest")[..., 0]
                 img.write_png_atomic(binary, mask_path)
             intr = scene.intrinsics[i].numpy()
             if box is not None:
                 intr, w, h = img.crop_intrinsics(intr, box), box.out_size, box.out_size
+            elif frame_size is not None:
+                intr, w, h = framing.frame_intrinsics(intr, w, h, frame_size), frame_size, frame_size
             elif not processing:
                 self._check_image_header(frame)
             return _Prepared(image_path, mask_path, intr, w, h, fallback)
@@ -319,12 +371,14 @@ class CO3DDataParser(DataParser):
 
     # ----------------------------------------------------------------------------------------------- outputs
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"CO3D dataparser: unknown split {split!r}; expected train, val or test")
+        if split not in ("train", "val", "test", "all"):
+            raise ValueError(f"CO3D dataparser: unknown split {split!r}; expected train, val, test or all")
         scene = self._get_scene()
-        indices = self.split_indices()[split]
+        splits = self.split_indices()
+        indices = list(range(len(scene.frames))) if split == "all" else splits[split]
         prepared = self._prepare(scene, indices)
-        norm = scene.normalization
+        frame3d = self._get_frame3d()
+        norm = frame3d.normalization
         c2w = norm.apply_to_poses(scene.c2w[indices])
         intr = torch.from_numpy(np.stack([p.intrinsics for p in prepared])).float()
         cameras = Cameras(
@@ -337,21 +391,26 @@ class CO3DDataParser(DataParser):
             height=torch.tensor([[p.height] for p in prepared], dtype=torch.int32),
             camera_type=CameraType.PERSPECTIVE,
         )
-        all_centres = norm.apply_to_poses(scene.c2w)[:, :, 3]
-        extent = float(all_centres.norm(dim=-1).median()) * self.config.scene_box_scale
+        input_centres = norm.apply_to_poses(scene.c2w[splits["train"]])[:, :, 3]
+        extent = float(input_centres.norm(dim=-1).median()) * self.config.scene_box_scale
         scene_box = SceneBox(aabb=torch.tensor([[-extent] * 3, [extent] * 3], dtype=torch.float32))
         background = self.config.mask_background
         metadata: Dict = {
             "co3d_sequence": scene.layout.sequence_name,
             "co3d_category": scene.layout.category_dir.name,
             "co3d_frame_numbers": [scene.frames[i].frame_number for i in indices],
+            # positions in the split="all" list (every usable frame), as the sparse nerfstudio parser reports them
+            "input_view_indices": list(splits["train"]),
+            "eval_view_indices": list(splits["val"]),
+            "split_indices": list(indices),
+            "num_frames": len(scene.frames),
             "background_color": None
             if background == "none"
             else torch.tensor(img.BACKGROUND_COLORS[background], dtype=torch.float32) / 255.0,
         }
-        if self.config.load_3d_points and scene.points is not None:
-            metadata["points3D_xyz"] = norm.apply_to_points(torch.from_numpy(scene.points[0])).float()
-            metadata["points3D_rgb"] = torch.from_numpy(scene.points[1])
+        if self.config.load_3d_points and frame3d.points is not None:  # explicit leak flag (see its help)
+            metadata["points3D_xyz"] = norm.apply_to_points(torch.from_numpy(frame3d.points[0])).float()
+            metadata["points3D_rgb"] = torch.from_numpy(frame3d.points[1])
         return DataparserOutputs(
             image_filenames=[p.image_path for p in prepared],
             cameras=cameras,

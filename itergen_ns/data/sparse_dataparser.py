@@ -1,8 +1,10 @@
 """nerfstudio-format scenes in the sparse-view setting: train = N chosen input views, val/test = the other frames.
 
-Orientation, centring and scale are computed once from *all* frames (nerfstudio's parser with
-``eval_mode="all"``) and the splits are sub-selections of that result, so every split lives in the same
-coordinate frame whatever N is. Frame indices are positions in nerfstudio's sorted frame list.
+nerfstudio's parser reads every frame (``eval_mode="all"``) *without* its own orientation, centring and scaling
+(``auto_orient_and_center_poses`` and ``auto_scale_poses`` would use all frames, held-out ones included). The
+project's normalisation (``itergen_ns/data/normalization.py``) is then computed from the input views only and
+applied to every frame, so all splits share one coordinate frame and that frame does not depend on the held-out
+cameras. ``split="all"`` gives every frame. Frame indices are positions in nerfstudio's sorted frame list.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataparserOutputs
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
 
+from itergen_ns.data.normalization import Normalization, compute_normalization
 from itergen_ns.data.splits import SparseSplitConfig, select_input_views
 
 
@@ -29,6 +32,21 @@ class SparseNerfstudioDataParserConfig(NerfstudioDataParserConfig, SparseSplitCo
     """Ignored: the split comes from num_input_views / input_view_seed / input_views."""
     use_masks: bool = False
     """Pass the frames' mask_path files on (nerfstudio then ignores pixels outside the masks in the loss)."""
+    center_method: Literal["axes", "none"] = "axes"  # type: ignore[assignment]
+    """Scene centre: the point nearest to the input cameras' axes (one input: on its axis), or keep the origin."""
+    orient: bool = True
+    """Rotate the normal of the input cameras' orbit plane (1-2 inputs: their up vector) to +z."""
+    camera_radius: Optional[float] = 1.0
+    """Scale so the median input-camera distance to the centre is this; None keeps the dataset's scale."""
+    orientation_method: Literal["pca", "up", "vertical", "none"] = "none"
+    """Ignored: orientation comes from the input views (orient)."""
+    auto_scale_poses: bool = False
+    """Ignored: scale comes from the input views (camera_radius)."""
+    scale_factor: float = 1.0
+    """Ignored: scale comes from the input views (camera_radius)."""
+    load_3D_points: bool = False
+    """Pass the dataset's ply_file_path points as initial Gaussians. A structure-from-motion reconstruction from ALL
+    frames: it leaks held-out geometry, not for evaluation."""
 
 
 def check_transforms(data: Path, check_masks: bool = True) -> Path:
@@ -50,6 +68,11 @@ def check_transforms(data: Path, check_masks: bool = True) -> Path:
     for key in ("train_filenames", "val_filenames", "test_filenames"):
         if key in meta:
             raise ValueError(f"{path}: '{key}' fixes the split, but the sparse-view parser chooses it; remove it")
+    if "orientation_override" in meta:
+        raise ValueError(
+            f"{path}: 'orientation_override' orients the scene from all frames (held-out ones too); the sparse-view "
+            "parser orients from the input views; remove it"
+        )
     root = path.parent
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
@@ -74,26 +97,49 @@ class SparseNerfstudio(DataParser):
         self._full: Optional[DataparserOutputs] = None
 
     def full_outputs(self) -> DataparserOutputs:
-        """All frames, oriented/centred/scaled once (cached)."""
+        """All frames in the normalisation computed from the input views (cached)."""
         if self._full is None:
             check_transforms(self.config.data, check_masks=self.config.use_masks)
-            full_config = replace(self.config, eval_mode="all", _target=Nerfstudio)
-            self._full = Nerfstudio(full_config).get_dataparser_outputs(split="train")
+            raw_config = replace(
+                self.config,
+                eval_mode="all",
+                orientation_method="none",
+                center_method="none",
+                auto_scale_poses=False,
+                scale_factor=1.0,
+                _target=Nerfstudio,
+            )
+            full = Nerfstudio(raw_config).get_dataparser_outputs(split="train")
+            train_idx, _ = self._select(len(full.image_filenames))
+            raw_c2w = full.cameras.camera_to_worlds
+            norm = self.normalization(raw_c2w[torch.tensor(train_idx, dtype=torch.long)])
+            full.cameras.camera_to_worlds = norm.apply_to_poses(raw_c2w).to(raw_c2w.dtype)
+            if "points3D_xyz" in full.metadata:  # only with the explicit load_3D_points leak flag
+                full.metadata["points3D_xyz"] = norm.apply_to_points(full.metadata["points3D_xyz"]).float()
+            total = norm.after(full.dataparser_transform, full.dataparser_scale)
+            full.dataparser_transform, full.dataparser_scale = total.transform.float(), total.scale
+            self._full = full
         return self._full
+
+    def normalization(self, input_c2w: torch.Tensor) -> Normalization:
+        """The scene normalisation, from the input views' raw camera-to-world matrices only."""
+        cfg = self.config
+        center = torch.zeros(3, dtype=torch.float64) if cfg.center_method == "none" else None
+        return compute_normalization(input_c2w, center=center, orient=cfg.orient, radius=cfg.camera_radius)
+
+    def _select(self, num: int) -> tuple[List[int], List[int]]:
+        return select_input_views(num, self.config.num_input_views, self.config.input_view_seed, self.config.input_views)
 
     def split_indices(self) -> tuple[List[int], List[int]]:
         """(input_view_indices, eval_view_indices) for the configured split."""
-        num = len(self.full_outputs().image_filenames)
-        return select_input_views(
-            num, self.config.num_input_views, self.config.input_view_seed, self.config.input_views
-        )
+        return self._select(len(self.full_outputs().image_filenames))
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"Unknown dataparser split {split!r}; expected 'train', 'val' or 'test'")
+        if split not in ("train", "val", "test", "all"):
+            raise ValueError(f"Unknown dataparser split {split!r}; expected 'train', 'val', 'test' or 'all'")
         full = self.full_outputs()
         train_idx, eval_idx = self.split_indices()
-        indices = train_idx if split == "train" else eval_idx
+        indices = {"train": train_idx, "all": list(range(len(full.image_filenames)))}.get(split, eval_idx)
         sel = torch.tensor(indices, dtype=torch.long)
         masks = full.mask_filenames if self.config.use_masks else None
         metadata = dict(full.metadata)

@@ -189,14 +189,12 @@ def _load_pixels(path: Path, size: Tuple[int, int], mode: str, scene: Path) -> n
 
 
 def load_scene_frames(scene: Path, parser: DataParserConfig) -> SceneFrames:
-    """All frames of ``scene`` through ``parser`` (split disabled), images loaded and checked for one size."""
+    """All frames of ``scene`` through ``parser`` (``split="all"``: normalised from the parser's input split, as the
+    run that uses these inputs is), images loaded and checked for one size."""
     parser = copy.deepcopy(parser)
     parser.data = Path(scene)
-    parser.num_input_views, parser.input_views = 0, None  # 0: every frame is in the "train" split
-    if hasattr(parser, "input_frame_numbers"):
-        parser.input_frame_numbers = None
     try:
-        outputs = parser.setup().get_dataparser_outputs(split="train")
+        outputs = parser.setup().get_dataparser_outputs(split="all")
     except (ValueError, OSError) as err:  # malformed annotations, missing or unreadable files
         raise SceneError(f"scene {scene}: {err}") from err
     cameras = outputs.cameras
@@ -315,11 +313,9 @@ class ExportSnapshotsConfig:
     ``render_latents`` at that model's resolution, so diffusion training skips encoding them."""
     nerfstudio: SparseNerfstudioDataParserConfig = field(default_factory=SparseNerfstudioDataParserConfig)
     """Parser settings for nerfstudio-format scenes (the split fields are set by the exporter)."""
-    co3d: CO3DDataParserConfig = field(
-        default_factory=lambda: CO3DDataParserConfig(crop_size=1 << 16, crop_output_size=256)
-    )
-    """Parser settings for CO3D sequences. Default: the largest square around the object (crop_size is shrunk
-    to fit), resized to 256 px, since a shard holds one frame size."""
+    co3d: CO3DDataParserConfig = field(default_factory=CO3DDataParserConfig)
+    """Parser settings for CO3D sequences. Default: the parser's framing (itergen_ns.data.framing: centred square
+    crop resized to frame_size=256), the same framing itergen and ``itergen eval`` use; a shard holds one frame size."""
 
     def main(self) -> int:
         """Export this process's part; exit status 1 when some scene failed (the others are complete)."""
@@ -469,6 +465,10 @@ class ExportSnapshotsConfig:
         if hasattr(config.pipeline.datamanager, "init_seed"):
             config.pipeline.datamanager.init_seed = seed
         apply_overrides(config, self.overrides)
+        manager = config.pipeline.datamanager  # the split the datamanager will set, so load_scene_frames sees it too
+        manager.dataparser.num_input_views = manager.num_input_views
+        manager.dataparser.input_view_seed = manager.input_view_seed
+        manager.dataparser.input_views = manager.input_views
         return config
 
     def _train_and_render(self, config, frames: SceneFrames, renders: np.ndarray, steps: List[int], num_views: int):
