@@ -16,10 +16,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from itergen_ns.data.framing import frame_image, frame_intrinsics
 from itergen_ns.snapshots.format import SnapshotShard, list_shards, load_shard
 
 
@@ -28,11 +28,10 @@ class EmptyDatasetError(ValueError):
 
 
 def _to_float_images(arr: np.ndarray, hw: Tuple[int, int]) -> Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, h, w] in [0, 1], resized with antialiasing when needed."""
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 255.0
-    if tuple(x.shape[-2:]) != tuple(hw):
-        x = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-    return x
+    """uint8 [N, H, W, 3] -> float [N, 3, h, w] in [0, 1], framed like every other view of the project
+    (``itergen_ns.data.framing``: centred window of the output's aspect, resized with antialiasing)."""
+    x = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
+    return torch.stack([frame_image(img, hw) for img in x]).permute(0, 3, 1, 2).clamp(0, 1).contiguous()
 
 
 class SnapshotClipDataset(Dataset):
@@ -101,7 +100,6 @@ class SnapshotClipDataset(Dataset):
         step_idx = int(rng.integers(len(shard.steps)))
         views = self._input_views(rng, shard)
         src_h, src_w = shard.images.shape[1:3]
-        scale = np.array([self.hw[1] / src_w, self.hw[0] / src_h, self.hw[1] / src_w, self.hw[0] / src_h], np.float32)
 
         k = self.max_input_views
         input_images = torch.zeros(k, 3, *self.hw)
@@ -119,7 +117,9 @@ class SnapshotClipDataset(Dataset):
             "input_mask": input_mask,
             "input_c2w": input_c2w,
             "target_c2w": target_c2w,
-            "target_intrinsics": torch.from_numpy(np.asarray(shard.intrinsics[frames], np.float32) * scale),
+            "target_intrinsics": frame_intrinsics(
+                torch.from_numpy(np.asarray(shard.intrinsics[frames], np.float32)), src_w, src_h, self.hw
+            ).float(),
             "step": torch.tensor(int(shard.steps[step_idx])),
         }
         if self.use_render_latents:

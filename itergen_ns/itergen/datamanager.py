@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Type
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -26,6 +25,7 @@ from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from itergen_ns.data.datamanager import SparseViewDatamanager, SparseViewDatamanagerConfig
+from itergen_ns.data.framing import frame_cameras, frame_image
 from itergen_ns.itergen.pose_sampler import PoseSampler, PoseSamplerConfig
 from itergen_ns.models.itergen_model import GENERATED_KEY
 from itergen_ns.training.frames import eval_mode, render_rgb
@@ -135,30 +135,28 @@ class IterGenDataManager(SparseViewDatamanager):
         return self.config.num_generated_frames or self.generator.num_frames
 
     def _conditioning_inputs(self) -> Tuple[Float[Tensor, "C 3 H W"], Float[Tensor, "C 4 4"]]:
-        """Input images resized to the generator's resolution, and their poses as 4x4 c2w."""
-        h, w = self.generator.height, self.generator.width
+        """Input images framed to the generator's resolution (the one framing of exporter, eval and training
+        clips: centred window of the output's aspect, resized), and their poses as 4x4 c2w."""
+        size = (self.generator.height, self.generator.width)
         images = []
         for data in self.cached_train:
-            img = data["image"][..., :3]
+            img = data["image"][..., :3].cpu()
             img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-            img = F.interpolate(img.permute(2, 0, 1)[None].cpu(), size=(h, w), mode="bilinear", antialias=True)
-            images.append(img[0].clamp(0, 1))
+            images.append(frame_image(img, size).permute(2, 0, 1).clamp(0, 1))
         return torch.stack(images), to_4x4(self.train_dataset.cameras.camera_to_worlds.float())
 
     def generated_cameras(self, poses: Float[Tensor, "G 3 4"]) -> Cameras:
-        """Cameras at ``poses`` with the first input's intrinsics rescaled to the generator's resolution."""
-        cam = self.train_dataset.cameras
-        h, w = self.generator.height, self.generator.width
-        sx, sy = w / float(cam.width[0]), h / float(cam.height[0])
+        """Cameras at ``poses`` with the first input's intrinsics framed to the generator's resolution."""
+        first = frame_cameras(self.train_dataset.cameras[0:1], (self.generator.height, self.generator.width))
         n = poses.shape[0]
         return Cameras(
             camera_to_worlds=poses.float(),
-            fx=cam.fx[0].expand(n, 1) * sx,
-            fy=cam.fy[0].expand(n, 1) * sy,
-            cx=cam.cx[0].expand(n, 1) * sx,
-            cy=cam.cy[0].expand(n, 1) * sy,
-            width=torch.full((n, 1), w, dtype=torch.long),
-            height=torch.full((n, 1), h, dtype=torch.long),
+            fx=first.fx.expand(n, 1),
+            fy=first.fy.expand(n, 1),
+            cx=first.cx.expand(n, 1),
+            cy=first.cy.expand(n, 1),
+            width=first.width.expand(n, 1),
+            height=first.height.expand(n, 1),
             camera_type=CameraType.PERSPECTIVE,
         )
 
@@ -221,7 +219,9 @@ class IterGenDataManager(SparseViewDatamanager):
         """Collect a finished async clip and start the next generation when one is due."""
         if step < self.config.generate_start or self.generator is None:
             return
-        if self._pending is not None and self._pending.done():
+        if self._pending is not None and step >= self._next_due:
+            # The clip joins at a fixed step (launch + generate_every), waiting if sampling is not done yet:
+            # joining whenever the worker happened to finish made same-seed runs differ.
             clip = self._pending.result()  # re-raises a worker error here, on the training thread
             self._pending = None
             self._add_to_pool(clip)

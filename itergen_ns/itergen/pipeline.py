@@ -48,8 +48,9 @@ class IterGenPipeline(VanillaPipeline):
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
         callbacks = super().get_training_callbacks(attrs)
         trainer = attrs.trainer
-        if trainer is not None:  # the one-shot ablation generates as many clips as this run would
-            self.datamanager.planned_steps = int(trainer.config.max_num_iterations)
+        trainer_config = getattr(trainer, "config", None)
+        if trainer_config is not None:  # the one-shot ablation generates as many clips as this run would
+            self.datamanager.planned_steps = int(trainer_config.max_num_iterations)
 
         def update_viewer(step: int) -> None:
             viewer = getattr(trainer, "viewer_state", None) if trainer is not None else None
