@@ -21,7 +21,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 
 from itergen_ns.data.splits import select_input_views
-from itergen_ns.eval.metrics import image_metrics, mean_metrics
+from itergen_ns.eval.metrics import (
+    image_metrics, masked_psnr, mean_metrics, object_accumulation, object_sphere, silhouette_iou,
+)
 from itergen_ns.snapshots.format import atomic_write_text
 from itergen_ns.training.frames import all_frames_outputs, load_frames, render_all_frames
 from itergen_ns.training.runner import TrainSpec, build_config, train
@@ -182,13 +184,17 @@ class EvalConfig:
             return json.loads(result_file.read_text())
         run_dir.mkdir(parents=True, exist_ok=True)
         start = time.time()
+        silhouettes = None
         if custom is not None:
             renders, targets, inputs = custom(scene, views, sample, run_dir)
             masks = None
         else:
-            renders, targets, inputs, masks = self._train_and_render(scene, views, method, sample, run_dir)
+            renders, targets, inputs, masks, silhouettes = self._train_and_render(scene, views, method, sample, run_dir)
         eval_idx = [i for i in range(len(renders)) if i not in set(inputs)] or list(range(len(renders)))
         per_frame = score_frames(renders, targets, eval_idx, masks if self.use_masks else None)
+        if masks is not None:
+            for metrics, extra in zip(per_frame, object_scores(renders, targets, eval_idx, masks, silhouettes)):
+                metrics.update(extra)
         np.savez_compressed(run_dir / "frames.npz", renders=renders, inputs=np.asarray(inputs))
         gt_file = self.output_dir / "runs" / scene.name / "ground_truth.npz"
         if not gt_file.exists():
@@ -247,12 +253,43 @@ class EvalConfig:
         size = renders.shape[1:3]
         targets = np.stack(load_frames(outputs.image_filenames, size))
         masks = None
-        if self.use_masks:
-            if not outputs.mask_filenames:
-                raise ValueError(f"{scene}: --use-masks asked for, but the scene has no foreground masks")
-            masks = np.stack([m[..., 0] for m in load_frames(outputs.mask_filenames, size)])
+        if self.use_masks and not outputs.mask_filenames:
+            raise ValueError(f"{scene}: --use-masks asked for, but the scene has no foreground masks")
+        mask_files = outputs.mask_filenames or _mask_filenames(datamanager)
+        silhouettes = None
+        if mask_files:  # object-masked PSNR and silhouette IoU wherever the scene has masks
+            masks = np.stack([m[..., 0] for m in load_frames(mask_files, size)])
+            sphere = object_sphere(outputs, scene)
+            if sphere is not None:
+                silhouettes = object_accumulation(trainer.pipeline.model, outputs.cameras, *sphere)
         num_frames = renders.shape[0]
         inputs = datamanager.train_dataparser_outputs.metadata.get("input_view_indices")
         if inputs is None:
             inputs = select_input_views(num_frames, views, self.input_view_seed)[0]
-        return renders, targets, list(inputs), masks
+        return renders, targets, list(inputs), masks, silhouettes
+
+
+def _mask_filenames(datamanager) -> Optional[List[Path]]:
+    """The scene's mask files when it has them, even if the run trained without masks (scoring only)."""
+    try:
+        return all_frames_outputs(datamanager, use_masks=True).mask_filenames
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def object_scores(
+    renders: np.ndarray, targets: np.ndarray, eval_indices: Sequence[int], masks: np.ndarray,
+    silhouettes: Optional[np.ndarray] = None,
+) -> List[Dict[str, float]]:
+    """Per evaluated frame: PSNR over the object's pixels (``masked_psnr``) and, with the rendered object
+    accumulation, the silhouette IoU against the mask (``iou``)."""
+    out = []
+    for i in eval_indices:
+        mask = torch.from_numpy(masks[i] > 127)
+        pred = torch.from_numpy(renders[i]).float() / 255.0
+        gt = torch.from_numpy(targets[i]).float() / 255.0
+        scores = {"masked_psnr": masked_psnr(pred, gt, mask)}
+        if silhouettes is not None:
+            scores["iou"] = silhouette_iou(torch.from_numpy(silhouettes[i]), mask)
+        out.append(scores)
+    return out

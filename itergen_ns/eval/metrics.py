@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from pytorch_msssim import ssim as ms_ssim
 from torch import Tensor
 
@@ -38,6 +38,27 @@ def lpips(pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"]) -> Optional[
     b = gt.float().permute(2, 0, 1)[None] * 2 - 1
     with torch.no_grad():
         return float(net(a, b).mean())
+
+
+def masked_psnr(pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"], mask: Bool[Tensor, "H W"]) -> float:
+    """PSNR over the object's pixels only (MSE averaged over ``mask``); NaN when the mask is empty.
+
+    Unlike ``itergen eval --use-masks`` (background set to white in both images, then PSNR of the whole image),
+    this does not grow with the share of background in the frame."""
+    m = mask.bool()
+    if not bool(m.any()):
+        return math.nan
+    mse = torch.mean((pred.float()[m] - gt.float()[m]) ** 2).item()
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+def silhouette_iou(accumulation: Float[Tensor, "H W"], mask: Bool[Tensor, "H W"], threshold: float = 0.5) -> float:
+    """IoU of the rendered silhouette (accumulated opacity > ``threshold``) and the ground-truth object mask;
+    1.0 when both are empty."""
+    pred = accumulation.float() > threshold
+    gt = mask.bool()
+    union = int((pred | gt).sum())
+    return 1.0 if union == 0 else int((pred & gt).sum()) / union
 
 
 def image_metrics(pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"]) -> Dict[str, float]:
@@ -83,3 +104,46 @@ def evaluate_pipeline(pipeline, keep_images: bool = True) -> PipelineEval:
             result.targets.append((gt[..., :3].cpu().numpy() * 255).round().astype(np.uint8))
     model.train()
     return result
+
+
+def object_sphere(dataparser_outputs, scene_dir=None, margin: float = 1.1) -> Optional[Tuple[Float[Tensor, "3"], float]]:
+    """(centre, radius) of the object's bounding sphere in the run's normalised coordinates, from the
+    procedural scene's ground truth (``itergen_scene`` in transforms.json); None for other scenes.
+
+    Scoring-time only (the ground truth is what the silhouette is compared against anyway)."""
+    import json
+    from pathlib import Path
+
+    if scene_dir is None:
+        return None
+    path = Path(scene_dir) / "transforms.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text()).get("itergen_scene")
+    if not meta or "object_center" not in meta:
+        return None
+    transform = dataparser_outputs.dataparser_transform.float()  # [3, 4]: p' = scale * (R p + t)
+    scale = float(dataparser_outputs.dataparser_scale)
+    centre = torch.tensor(meta["object_center"], dtype=torch.float32)
+    centre = scale * (transform[:, :3] @ centre + transform[:, 3])
+    rot_scale = float(torch.linalg.det(transform[:, :3]).abs() ** (1.0 / 3.0))
+    return centre, margin * scale * rot_scale * float(meta["object_radius"])
+
+
+@torch.no_grad()
+def object_accumulation(model, cameras, centre: Float[Tensor, "3"], radius: float) -> np.ndarray:
+    """Accumulated opacity [F, H, W] of the Gaussians whose centres lie in the sphere (centre, radius) only.
+
+    The full model's accumulation is ~1 everywhere (backdrop Gaussians on the background shell cover every
+    pixel), so the silhouette is rendered from the object region alone, by hiding the other Gaussians."""
+    from itergen_ns.training.frames import render_all_frames
+
+    opacities = model.gauss_params["opacities"]
+    saved = opacities.data.clone()
+    outside = (model.gauss_params["means"].data - centre.to(saved.device)).norm(dim=-1) > radius
+    try:
+        opacities.data[outside] = -1e4  # logit: opacity 0
+        _, alpha = render_all_frames(model, cameras, accumulation=True)
+    finally:
+        opacities.data.copy_(saved)
+    return alpha

@@ -70,14 +70,19 @@ def render_rgb(model, cameras: Cameras, index: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_all_frames(model, cameras: Cameras, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Render ``model`` at every camera into uint8 [F, H, W, 3] (``out`` when given, e.g. a memory map)."""
-    frames = []
+def render_all_frames(model, cameras: Cameras, out: Optional[np.ndarray] = None, accumulation: bool = False):
+    """Render ``model`` at every camera into uint8 [F, H, W, 3] (``out`` when given, e.g. a memory map);
+    with ``accumulation``, also return the accumulated opacity as float32 [F, H, W] (silhouette metrics)."""
+    frames, alphas = [], []
     with eval_mode(model):
         for i in range(cameras.shape[0]):
-            frame = (render_rgb(model, cameras, i) * 255).round().to(torch.uint8).cpu().numpy()
+            outputs = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))
+            frame = (outputs["rgb"].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            if accumulation:
+                alphas.append(outputs["accumulation"][..., 0].float().cpu().numpy())
             if out is not None:
                 out[i] = frame
             else:
                 frames.append(frame)
-    return out if out is not None else np.stack(frames)
+    rgb = out if out is not None else np.stack(frames)
+    return (rgb, np.stack(alphas)) if accumulation else rgb
