@@ -36,6 +36,11 @@ SUBCOMMANDS: Dict[str, Tuple[str, ...]] = {
         "train",
     ),
     "eval": ("itergen_ns.eval.harness", "EvalConfig", "train methods from 1/6 views, render all frames, metric tables"),
+    "bench": (
+        "itergen_ns.eval.bench_proxy",
+        "BenchProxyConfig",
+        "proxy benchmark: all methods and ablations on >= 10 held-out procedural scenes, paired 95% CIs (<= 90 min CPU)",
+    ),
     "gain": (
         "itergen_ns.eval.gain",
         "GainConfig",

@@ -29,6 +29,12 @@ from itergen_ns.data.procedural.raycast import render_views
 GENERATOR = "itergen-procedural-hydrant-v1"
 INDEX_NAME = "scenes.json"
 
+BENCH_NUM_FRAMES: Tuple[int, int] = (30, 36)
+"""Frames per capture of the benchmark's (and the demo's) scene distribution."""
+BENCH_IMAGE_SIZE: Tuple[int, int] = (64, 64)
+"""Image width and height of the benchmark's scene distribution."""
+SPLITS = ("train", "val", "heldout")
+
 FrameCount = Union[int, Tuple[int, int], Sequence[int]]
 Resolution = Union[int, Tuple[int, int], Sequence[int]]
 
@@ -214,18 +220,21 @@ def make_scenes(
     look_jitter: float = 0.02,
     num_threads: Optional[int] = 1,
     on_scene_done: Optional[Callable[[int, Path], None]] = None,
+    num_val: int = 0,
 ) -> Dict[str, Any]:
     """Write ``num_scenes`` scene folders and ``scenes.json`` under ``out_dir``; return the index.
 
     ``num_frames``: a fixed count or an inclusive (min, max) range drawn per scene. ``resolution``: an int
     (square) or (width, height). The last ``num_heldout`` scenes are marked ``"heldout"`` (evaluation), the
-    rest ``"train"``. Scene i depends only on (seed, i), so a bigger collection extends a smaller one.
+    ``num_val`` before them ``"val"`` (tuning), the rest ``"train"``. Scene i depends only on (seed, i), so a bigger collection extends a smaller one.
     ``num_threads``: torch threads while rendering (see ``render_views``).
     """
     if num_scenes < 1:
         raise ValueError(f"make_scenes: num_scenes must be >= 1, got {num_scenes}")
     if not 0 <= num_heldout <= num_scenes:
         raise ValueError(f"make_scenes: num_heldout must be in [0, {num_scenes}], got {num_heldout}")
+    if not 0 <= num_val <= num_scenes - num_heldout:
+        raise ValueError(f"make_scenes: num_val must be in [0, {num_scenes - num_heldout}], got {num_val}")
     width, height = _image_size(resolution)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +249,7 @@ def make_scenes(
                 "name": name,
                 "seed": s,
                 "num_frames": scene.num_frames,
-                "split": "heldout" if i >= num_scenes - num_heldout else "train",
+                "split": split_of(i, num_scenes, num_val, num_heldout),
             }
         )
         if on_scene_done is not None:
@@ -255,6 +264,13 @@ def make_scenes(
     }
     _atomic_write_bytes(out / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
     return index
+
+
+def split_of(index: int, num_scenes: int, num_val: int = 0, num_heldout: int = 0) -> str:
+    """Role of scene ``index`` in a collection laid out as train | val | heldout."""
+    if index >= num_scenes - num_heldout:
+        return "heldout"
+    return "val" if index >= num_scenes - num_heldout - num_val else "train"
 
 
 def load_scene_index(out_dir: Union[str, Path]) -> Dict[str, Any]:
@@ -283,13 +299,17 @@ class MakeScenesConfig:
     """Where the scene folders and scenes.json go."""
     num_scenes: int = 10
     """How many scenes (object instances with their own capture)."""
-    num_heldout: int = 2
-    """The last this many scenes are marked 'heldout' (evaluation), the rest 'train'."""
+    num_heldout: Optional[int] = None
+    """The last this many scenes are marked 'heldout' (what `itergen eval` scores), the rest 'train'; default
+    min(2, num-scenes), so `--num-scenes 1` gives one held-out scene."""
+    num_val: int = 0
+    """Scenes before the held-out ones marked 'val' (for tuning, never scored by `itergen eval`)."""
     seed: int = 0
     """Collection seed; scene i depends only on (seed, i)."""
-    num_frames: Tuple[int, int] = (30, 100)
-    """Inclusive range of frames per capture (equal bounds for a fixed count)."""
-    image_size: Tuple[int, int] = (64, 64)
+    num_frames: Tuple[int, int] = BENCH_NUM_FRAMES
+    """Inclusive range of frames per capture (equal bounds for a fixed count); the default is the benchmark's
+    (`itergen bench`) and the demo's distribution."""
+    image_size: Tuple[int, int] = BENCH_IMAGE_SIZE
     """Image width and height in pixels."""
     supersample: int = 2
     """Sub-pixel rays per pixel side (anti-aliasing)."""
@@ -318,10 +338,11 @@ class MakeScenesConfig:
                 self.image_size,
                 self.supersample,
                 self.shadows,
-                self.num_heldout,
+                min(2, self.num_scenes) if self.num_heldout is None else self.num_heldout,
                 self.look_jitter,
                 self.num_threads or None,
                 on_scene_done=lambda i, p: progress.advance(task),
+                num_val=self.num_val,
             )
         frames = sum(e["num_frames"] for e in index["scenes"])
         console.print(f"Wrote {len(index['scenes'])} scenes ({frames} frames) to {self.out_dir / INDEX_NAME}")

@@ -12,14 +12,16 @@ exporter, the diffusion trainer and the eval harness also resume inside a stage)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from itergen_ns.data.scenes import BENCH_IMAGE_SIZE, BENCH_NUM_FRAMES
 from itergen_ns.snapshots.format import atomic_write_text
 
 
@@ -31,8 +33,8 @@ class DemoConfig:
     seed: int = 0
     num_train_scenes: int = 6
     num_heldout_scenes: int = 2
-    num_frames: Tuple[int, int] = (30, 36)
-    image_size: int = 64
+    num_frames: Tuple[int, int] = BENCH_NUM_FRAMES
+    image_size: int = BENCH_IMAGE_SIZE[0]
     export_steps: int = 300
     export_every: int = 50
     diffusion_steps: int = 600
@@ -46,6 +48,8 @@ class DemoConfig:
     overrides: Dict[str, str] = field(default_factory=dict)
     """Extra overrides for every 3D run (dotted config path -> JSON value)."""
 
+    stage_label = "demo"  # class attribute (not a CLI option): prefix of the stage messages
+
     @property
     def scenes_dir(self) -> Path:
         return self.output_dir / "scenes"
@@ -53,15 +57,15 @@ class DemoConfig:
     def run_stage(self, name: str, fn: Callable[[], Dict]) -> Dict:
         marker = self.output_dir / ".stages" / f"{name}.json"
         if marker.exists():
-            CONSOLE.print(f"[bold green]demo: stage '{name}' already done, skipping ({marker})")
+            CONSOLE.print(f"[bold green]{self.stage_label}: stage '{name}' already done, skipping ({marker})")
             return json.loads(marker.read_text())
-        CONSOLE.rule(f"demo: {name}")
+        CONSOLE.rule(f"{self.stage_label}: {name}")
         start = time.time()
         info = fn() or {}
         info["seconds"] = round(time.time() - start, 1)
         marker.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(marker, json.dumps(info, indent=2))
-        CONSOLE.print(f"[bold green]demo: stage '{name}' done in {info['seconds']} s")
+        CONSOLE.print(f"[bold green]{self.stage_label}: stage '{name}' done in {info['seconds']} s")
         return info
 
     def common_overrides(self) -> Dict[str, str]:
@@ -104,9 +108,13 @@ class DemoConfig:
         return {"snapshots": str(config.out)}
 
     def stage_diffusion(self) -> Dict:
+        return self.train_generator(self.output_dir / "diffusion")
+
+    def train_generator(self, out: Path, render_noise: Optional[float] = None) -> Dict:
+        """Train the tiny generator on this run's snapshots into ``out`` (resuming from its latest checkpoint);
+        ``render_noise`` overrides the conditioning-noise std (0: the no-render-noise ablation's model)."""
         from itergen_ns.diffusion.train import TrainDiffusionConfig, resolve_checkpoint, train
 
-        out = self.output_dir / "diffusion"
         resume = None
         try:
             resolve_checkpoint(out, "latest")
@@ -124,6 +132,8 @@ class DemoConfig:
             seed=self.seed,
             resume=resume,
         )
+        if render_noise is not None:
+            config.sampling = dataclasses.replace(config.sampling, render_noise=float(render_noise))
         train(config)
         return {"checkpoint": str(out / "latest")}
 
