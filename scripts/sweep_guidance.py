@@ -12,7 +12,7 @@ held-out evaluation scenes: the chosen value becomes a default.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 

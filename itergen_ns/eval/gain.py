@@ -22,6 +22,7 @@ Everything is scored at the generator's resolution, GT and renders resized as th
 from __future__ import annotations
 
 import csv
+import io
 import dataclasses
 import json
 import math
@@ -44,7 +45,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from itergen_ns.diffusion.data import _to_float_images
 from itergen_ns.itergen.generator import GeneratorConfig
-from itergen_ns.snapshots.format import SnapshotShard, list_shards, load_shard
+from itergen_ns.snapshots.format import SnapshotShard, atomic_write_text, list_shards, load_shard
 
 PSNR_CAP = 100.0
 """PSNR of identical images (MSE floored at 1e-10), so that means over frames stay finite."""
@@ -432,12 +433,13 @@ def run_gain(cfg: GainConfig) -> Dict[str, Any]:
         result["frames"] = frames
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gain.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "gain.json", json.dumps(result, indent=2))  # never a half-written result
     header, rows = _csv_rows(groups)
-    with open(out / "gain.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(out / "gain.csv", buf.getvalue())
     if grids:
         import imageio.v2 as imageio
 
