@@ -51,7 +51,7 @@ class SnapshotClipDataset(Dataset):
         use_render_latents: bool = True,
         length: int = 1_000_000,
     ):
-        """``latent_shape`` = (4, h, w) of the model; precomputed ``render_latents`` are used only if every shard
+        """``latent_shape`` = (C, h, w) of the model; precomputed ``render_latents`` are used only if every shard
         has them at exactly that shape (otherwise renders are encoded by the trainer)."""
         self.root = Path(root)
         self.hw = (height, width)
@@ -89,13 +89,22 @@ class SnapshotClipDataset(Dataset):
                 for s in self.shards
             )
         )
+        self.latents: Optional[list] = None
+
+    def attach_latents(self, latents: list) -> None:
+        """Serve ground-truth, render and input-view latents from a cache (one ``ShardLatents`` per shard, in
+        ``self.shards`` order; see :mod:`itergen_ns.diffusion.latent_cache`)."""
+        if len(latents) != len(self.shards):
+            raise ValueError(f"latent cache has {len(latents)} shards, dataset {len(self.shards)}")
+        self.latents = list(latents)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
-        shard = self.shards[int(rng.integers(len(self.shards)))]
+        shard_idx = int(rng.integers(len(self.shards)))
+        shard = self.shards[shard_idx]
         frames = self._clip_indices(rng, shard.num_frames)
         step_idx = int(rng.integers(len(shard.steps)))
         views = self._input_views(rng, shard)
@@ -122,7 +131,14 @@ class SnapshotClipDataset(Dataset):
             ).float(),
             "step": torch.tensor(int(shard.steps[step_idx])),
         }
-        if self.use_render_latents:
+        if self.latents is not None:
+            cached = self.latents[shard_idx]
+            item["latents"] = cached.frames[frames].float()
+            item["render_latents"] = cached.renders[step_idx, frames].float()
+            input_latents = torch.zeros(k, *cached.frames.shape[1:])
+            input_latents[: len(views)] = cached.frames[views].float()
+            item["input_latents"] = input_latents
+        elif self.use_render_latents:
             item["render_latents"] = torch.from_numpy(np.asarray(shard.render_latents[step_idx, frames], np.float32))
         return item
 

@@ -27,7 +27,7 @@ from typing import Dict, Literal, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, AutoencoderTiny, EulerDiscreteScheduler
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
@@ -46,7 +46,7 @@ MODEL_FORMAT = "itergen-diffusion"
 MODEL_FORMAT_VERSION = 2  # 2: SamplingConfig + ClipStatistics in the config
 SUBFOLDERS = {"unet": "unet", "view_tokenizer": "view_tokenizer", "vae": "vae", "clip": "image_encoder", "dino": "dino"}
 
-VAE = Union[AutoencoderKLTemporalDecoder, AutoencoderKL]
+VAE = Union[AutoencoderKLTemporalDecoder, AutoencoderKL, AutoencoderTiny]
 
 
 def read_model_meta(path: Union[str, Path]) -> Dict:
@@ -83,7 +83,7 @@ def rand(shape, generator: Optional[torch.Generator], device) -> Tensor:
 class Conditioning:
     """Everything the denoiser sees besides the noisy latents and the timestep (batch-first tensors)."""
 
-    render_cond: Float[Tensor, "B G 4 h w"]
+    render_cond: Float[Tensor, "B G C h w"]
     """Noised render latents in UNet-input units (zeros where the 3D condition is dropped)."""
     extra_maps: Optional[Float[Tensor, "B G E h w"]]
     features: ViewFeatures
@@ -91,12 +91,22 @@ class Conditioning:
     """Input-view poses relative to the first generated frame."""
     view_mask: Bool[Tensor, "B K"]
     added_time_ids: Float[Tensor, "B 3"]
+    input_map: Optional[Float[Tensor, "B G C h w"]] = None
+    """Latent of the nearest input view per target frame in UNet-input units ("nearest_input"; zeros where the
+    input views are dropped)."""
+    render_base: Optional[Float[Tensor, "B G C h w"]] = None
+    """Clean scaled render latents: the identity the ``render_residual`` output starts from. Kept in every
+    guidance branch (guidance then acts on the corrections only)."""
 
     def with_dropout(self, keep_render: Bool[Tensor, "B"], keep_inputs: Bool[Tensor, "B"]) -> "Conditioning":
-        """Drop the 3D condition (zero render latents) and/or the input views (all slots masked) per sample."""
+        """Drop the 3D condition (zero render latents) and/or the input views (all slots masked, input map zeroed)
+        per sample."""
         render = self.render_cond * keep_render.view(-1, 1, 1, 1, 1).to(self.render_cond.dtype)
         mask = self.view_mask & keep_inputs.view(-1, 1)
-        return dataclasses.replace(self, render_cond=render, view_mask=mask)
+        input_map = self.input_map
+        if input_map is not None:
+            input_map = input_map * keep_inputs.view(-1, 1, 1, 1, 1).to(input_map.dtype)
+        return dataclasses.replace(self, render_cond=render, view_mask=mask, input_map=input_map)
 
     def branch(self, name: str) -> "Conditioning":
         """Conditioning of one classifier-free-guidance branch: ``full``, ``no_3d`` or ``no_input``."""
@@ -114,6 +124,11 @@ class Conditioning:
     def cat(items: list["Conditioning"]) -> "Conditioning":
         """Concatenate along the batch dimension (one UNet call for all guidance branches)."""
         extras = None if items[0].extra_maps is None else torch.cat([c.extra_maps for c in items])
+
+        def optional(name: str) -> Optional[Tensor]:
+            first = getattr(items[0], name)
+            return None if first is None else torch.cat([getattr(c, name) for c in items])
+
         return Conditioning(
             render_cond=torch.cat([c.render_cond for c in items]),
             extra_maps=extras,
@@ -125,6 +140,8 @@ class Conditioning:
             rel_poses=torch.cat([c.rel_poses for c in items]),
             view_mask=torch.cat([c.view_mask for c in items]),
             added_time_ids=torch.cat([c.added_time_ids for c in items]),
+            input_map=optional("input_map"),
+            render_base=optional("render_base"),
         )
 
     def as_kwargs(self) -> Dict[str, Optional[Tensor]]:
@@ -138,22 +155,29 @@ class Conditioning:
             rel_poses=self.rel_poses,
             view_mask=self.view_mask,
             added_time_ids=self.added_time_ids,
+            input_map=self.input_map,
+            render_base=self.render_base,
         )
 
 
 class IterGenDenoiser(nn.Module):
-    """Trainable network: UNet over ``[c_in * x | render | extras]`` cross-attending to view tokens."""
+    """Trainable network: UNet over ``[c_in * x | render | extras | input map]`` cross-attending to view tokens.
 
-    def __init__(self, unet, view_tokenizer: ViewTokenizer):
+    ``parameterization="render_residual"`` turns the UNet output F into the v-prediction whose denoised
+    estimate is ``render_base + F`` (so the scheduler, the guidance and the v loss are unchanged).
+    """
+
+    def __init__(self, unet, view_tokenizer: ViewTokenizer, parameterization: str = "v"):
         super().__init__()
         self.unet = unet
         self.view_tokenizer = view_tokenizer
+        self.parameterization = parameterization
 
     def forward(
         self,
-        sample: Float[Tensor, "B G 4 h w"],
+        sample: Float[Tensor, "B G C h w"],
         timestep: Float[Tensor, "B"],
-        render_cond: Float[Tensor, "B G 4 h w"],
+        render_cond: Float[Tensor, "B G C h w"],
         extra_maps: Optional[Float[Tensor, "B G E h w"]],
         clip_features: Float[Tensor, "B K Dc"],
         dino_cls: Float[Tensor, "B K Dd"],
@@ -161,10 +185,12 @@ class IterGenDenoiser(nn.Module):
         rel_poses: Float[Tensor, "B K 4 4"],
         view_mask: Bool[Tensor, "B K"],
         added_time_ids: Float[Tensor, "B 3"],
-    ) -> Float[Tensor, "B G 4 h w"]:
+        input_map: Optional[Float[Tensor, "B G C h w"]] = None,
+        render_base: Optional[Float[Tensor, "B G C h w"]] = None,
+    ) -> Float[Tensor, "B G C h w"]:
         """v-prediction for ``sample`` already scaled by ``c_in`` at timestep ``c_noise(sigma)``."""
         dtype = self.unet.conv_in.weight.dtype
-        parts = [sample, render_cond] + ([extra_maps] if extra_maps is not None else [])
+        parts = [sample, render_cond] + [m for m in (extra_maps, input_map) if m is not None]
         unet_in = torch.cat([p.to(dtype) for p in parts], dim=2)
         tokens = self.view_tokenizer(ViewFeatures(clip_features, dino_cls, dino_patch), rel_poses, view_mask)
         out = self.unet(
@@ -174,7 +200,23 @@ class IterGenDenoiser(nn.Module):
             added_time_ids=added_time_ids.to(dtype),
             return_dict=False,
         )[0]
+        if self.parameterization == "render_residual":
+            if render_base is None:
+                raise ValueError("the render_residual parameterization needs render_base (clean render latents)")
+            out = residual_to_v(out.float(), sample.float(), timestep, render_base.float())
         return out
+
+
+def residual_to_v(
+    correction: Float[Tensor, "B *S"], scaled_sample: Float[Tensor, "B *S"], timestep: Tensor, base: Tensor
+) -> Float[Tensor, "B *S"]:
+    """The v-prediction whose EDM denoised estimate is ``base + correction``.
+
+    ``scaled_sample = c_in(sigma) * x`` and ``timestep = c_noise(sigma) = 0.25 ln sigma`` as the UNet sees them.
+    """
+    sigma = (4.0 * timestep.float().to(scaled_sample.device)).exp().reshape(-1, *([1] * (scaled_sample.ndim - 1)))
+    x = scaled_sample / edm.c_in(sigma)
+    return edm.v_target(base + correction, x, sigma.reshape(-1))
 
 
 class IterGenDiffusionModel(nn.Module):
@@ -204,7 +246,10 @@ class IterGenDiffusionModel(nn.Module):
         config.validate()
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(config.seed)
-            unet = build_unet(config.unet, config.unet_in_channels, config.allow_download)
+            unet = build_unet(config.unet, config.unet_in_channels, config.allow_download, config.latent_channels)
+            if config.output_parameterization == "render_residual" and config.unet.pretrained is None:
+                nn.init.zeros_(unet.conv_out.weight)  # untrained model = identity of the render
+                nn.init.zeros_(unet.conv_out.bias)
             vae = _build_vae(config.vae, config.allow_download)
             clip = _build_clip(config.clip, config.allow_download)
             dino = _build_dino(config.dino, config.allow_download)
@@ -219,7 +264,8 @@ class IterGenDiffusionModel(nn.Module):
                 pose_translation_scale=config.pose_translation_scale,
             )
         scheduler_config = _scheduler_config(config.scheduler, config.allow_download)
-        return cls(config, IterGenDenoiser(unet, tokenizer), vae, encoder, scheduler_config)
+        denoiser = IterGenDenoiser(unet, tokenizer, config.output_parameterization)
+        return cls(config, denoiser, vae, encoder, scheduler_config)
 
     @classmethod
     def from_pretrained(
@@ -239,7 +285,7 @@ class IterGenDiffusionModel(nn.Module):
                 raise MissingWeightsError(f"{path}: has no {SUBFOLDERS[key]}/ and the config names no source for it")
             return original
 
-        unet = build_unet(source("unet", config.unet), config.unet_in_channels, allow_download)
+        unet = build_unet(source("unet", config.unet), config.unet_in_channels, allow_download, config.latent_channels)
         vae = _build_vae(source("vae", config.vae), allow_download)
         clip = _build_clip(source("clip", config.clip), allow_download)
         dino = _build_dino(source("dino", config.dino), allow_download)
@@ -251,7 +297,8 @@ class IterGenDiffusionModel(nn.Module):
             allow_download=False,
         )
         scheduler_config = meta.get("scheduler") or _scheduler_config(config.scheduler, allow_download)
-        model = cls(config, IterGenDenoiser(unet, tokenizer), vae, encoder, scheduler_config).eval()
+        denoiser = IterGenDenoiser(unet, tokenizer, config.output_parameterization)
+        model = cls(config, denoiser, vae, encoder, scheduler_config).eval()
         if torch_dtype is not None:
             model.to(torch_dtype)
         return model
@@ -301,7 +348,13 @@ class IterGenDiffusionModel(nn.Module):
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        vae_cfg = self.vae.config
+        blocks = getattr(vae_cfg, "block_out_channels", None) or vae_cfg.encoder_block_out_channels
+        return 2 ** (len(blocks) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
 
     @property
     def latent_hw(self) -> Tuple[int, int]:
@@ -323,17 +376,20 @@ class IterGenDiffusionModel(nn.Module):
         return F.interpolate(images.float(), size=(self.height, self.width), mode="bilinear", antialias=True)
 
     @torch.no_grad()
-    def encode_latents(self, images: Float[Tensor, "N 3 H W"], chunk: int = 32) -> Float[Tensor, "N 4 h w"]:
-        """Images in [0, 1] at model resolution -> scaled diffusion latents (posterior mode * scaling_factor)."""
+    def encode_latents(self, images: Float[Tensor, "N 3 H W"], chunk: int = 32) -> Float[Tensor, "N C h w"]:
+        """Images in [0, 1] at model resolution -> scaled diffusion latents (posterior mode, or the tiny
+        autoencoder's deterministic latents, times scaling_factor)."""
         dtype = self.vae.dtype
         out = []
         for i in range(0, images.shape[0], chunk):
             x = images[i : i + chunk].to(self.vae.device, dtype) * 2.0 - 1.0
-            out.append(self.vae.encode(x).latent_dist.mode().float())
+            encoded = self.vae.encode(x)
+            z = encoded.latents if isinstance(self.vae, AutoencoderTiny) else encoded.latent_dist.mode()
+            out.append(z.float())
         return torch.cat(out) * self.scaling_factor
 
     @torch.no_grad()
-    def decode_latents(self, latents: Float[Tensor, "B G 4 h w"]) -> Float[Tensor, "B G 3 H W"]:
+    def decode_latents(self, latents: Float[Tensor, "B G C h w"]) -> Float[Tensor, "B G 3 H W"]:
         """Scaled latents -> images in [0, 1]; the temporal decoder sees each clip as one video."""
         b, g = latents.shape[:2]
         z = (latents.flatten(0, 1) / self.scaling_factor).to(self.vae.device, self.vae.dtype)
@@ -350,7 +406,7 @@ class IterGenDiffusionModel(nn.Module):
     # ------------------------------------------------------------------------------------- conditioning
     def prepare_conditioning(
         self,
-        render_latents: Float[Tensor, "B G 4 h w"],
+        render_latents: Float[Tensor, "B G C h w"],
         input_images: Float[Tensor, "B K 3 H W"],
         input_mask: Bool[Tensor, "B K"],
         input_poses: Float[Tensor, "B K 4 4"],
@@ -358,12 +414,15 @@ class IterGenDiffusionModel(nn.Module):
         render_noise: Union[float, Float[Tensor, "B"]],
         generator: Optional[torch.Generator],
         target_intrinsics: Optional[Float[Tensor, "B G 4"]] = None,
+        input_latents: Optional[Float[Tensor, "B K C h w"]] = None,
     ) -> Conditioning:
         """Build the full (undropped) conditioning of a batch of clips.
 
         ``render_latents`` are scaled diffusion latents of the renders of the current 3D state at the target
         poses; ``input_*`` are padded to ``max_input_views`` slots; poses are 4x4 (or 3x4) OpenGL c2w;
-        ``target_intrinsics`` (fx, fy, cx, cy at model resolution) are needed only for Plücker extra maps.
+        ``target_intrinsics`` (fx, fy, cx, cy at model resolution) are needed only for Plücker extra maps;
+        ``input_latents`` (scaled latents of the input images, e.g. from a training cache) spare encoding them
+        for the "nearest_input" map.
         """
         device = self.device
         b, g = render_latents.shape[:2]
@@ -388,6 +447,14 @@ class IterGenDiffusionModel(nn.Module):
             extras = plucker_rays(
                 rel_targets, target_intrinsics.to(device, torch.float32), (self.height, self.width), self.latent_hw
             )
+        input_map = None
+        if "nearest_input" in self.config.extra_maps:
+            if input_latents is None:
+                k = input_images.shape[1]
+                flat = self.resize(input_images.flatten(0, 1).to(device).float())
+                input_latents = self.encode_latents(flat).reshape(b, k, *render_latents.shape[2:])
+            input_map = nearest_input_latents(input_latents.to(device, torch.float32), mask, input_poses, target_poses)
+            input_map = input_map / self.scaling_factor
         time_ids = torch.stack(
             [
                 torch.full((b,), float(self.config.fps_id), device=device),
@@ -396,7 +463,8 @@ class IterGenDiffusionModel(nn.Module):
             ],
             dim=1,
         )
-        return Conditioning(render_cond, extras, features, rel, mask, time_ids)
+        render_base = render_latents.to(device, torch.float32)
+        return Conditioning(render_cond, extras, features, rel, mask, time_ids, input_map, render_base)
 
     # ----------------------------------------------------------------------------------------- training
     def training_loss(
@@ -422,7 +490,7 @@ class IterGenDiffusionModel(nn.Module):
         if "latents" in batch:  # precomputed scaled latents of the ground-truth frames
             x0 = batch["latents"].to(device, torch.float32)
         else:
-            x0 = self.encode_latents(frames.flatten(0, 1).to(device)).reshape(b, g, 4, *self.latent_hw)
+            x0 = self.encode_latents(frames.flatten(0, 1).to(device)).reshape(b, g, -1, *self.latent_hw)
         if "render_latents" in batch:
             render_latents = batch["render_latents"].to(device, torch.float32)
         else:
@@ -436,6 +504,7 @@ class IterGenDiffusionModel(nn.Module):
             render_noise,
             generator,
             batch.get("target_intrinsics"),
+            batch.get("input_latents"),
         )
         u = rand((b,), generator, device)
         drop_in = u < drop_inputs
@@ -448,7 +517,13 @@ class IterGenDiffusionModel(nn.Module):
         eps = randn(x0.shape, generator, device)
         x = x0 + sigma.view(-1, 1, 1, 1, 1) * eps
         pred = denoiser(edm.scale_input(x, sigma), edm.c_noise(sigma), **cond.as_kwargs())
-        loss = F.mse_loss(pred.float(), edm.v_target(x0, x, sigma))
+        if self.config.output_parameterization == "render_residual":
+            # x0 loss with the EDM weight clipped (the v loss equals it unclipped).
+            weight = ((sigma**2 + 1.0) / sigma**2).clamp(max=self.config.residual_loss_weight_max)
+            err = (edm.denoised(pred.float(), x, sigma) - x0) ** 2
+            loss = (weight.view(-1, 1, 1, 1, 1) * err).mean()
+        else:
+            loss = F.mse_loss(pred.float(), edm.v_target(x0, x, sigma))
         logs = {"sigma_mean": float(sigma.mean()), "dropped_3d": float((drop_r | drop_all).float().mean())}
         return loss, logs
 
@@ -480,9 +555,34 @@ def _image_encoder(
     )
 
 
+def nearest_input_latents(
+    input_latents: Float[Tensor, "B K C h w"],
+    input_mask: Bool[Tensor, "B K"],
+    input_poses: Float[Tensor, "B K 4 4"],
+    target_poses: Float[Tensor, "B G 4 4"],
+) -> Float[Tensor, "B G C h w"]:
+    """Per target frame, the latent of the valid input view whose camera centre is nearest (Euclidean)."""
+    centres_in = input_poses[..., :3, 3].to(input_latents.device, torch.float32)
+    centres_t = target_poses[..., :3, 3].to(input_latents.device, torch.float32)
+    dist = torch.cdist(centres_t, centres_in)  # B G K
+    dist = dist.masked_fill(~input_mask.to(dist.device)[:, None, :], float("inf"))
+    idx = dist.argmin(dim=2)  # B G
+    gather = idx[..., None, None, None].expand(-1, -1, *input_latents.shape[2:])
+    return torch.gather(input_latents, 1, gather)
+
+
 def _build_vae(source: ComponentSource, allow_download: bool) -> VAE:
     kwargs = dict(source.kwargs)
     cls_name = kwargs.pop("class_name", "AutoencoderKLTemporalDecoder")
+    if cls_name == "AutoencoderTinyPool":
+        from itergen_ns.diffusion.configs import TAEF2_SOURCE
+        from itergen_ns.diffusion.taef2 import AutoencoderTinyPool, load_taef2
+
+        if source.pretrained == TAEF2_SOURCE:
+            return load_taef2()
+        if source.pretrained:
+            return load_pretrained("VAE (AutoencoderTinyPool)", AutoencoderTinyPool.from_pretrained, source, False)
+        raise ValueError("vae class AutoencoderTinyPool needs pretrained weights ('taef2' or a saved folder)")
     vae_cls = {"AutoencoderKLTemporalDecoder": AutoencoderKLTemporalDecoder, "AutoencoderKL": AutoencoderKL}[cls_name]
     if source.pretrained:
         return load_pretrained(f"VAE ({cls_name})", vae_cls.from_pretrained, source, allow_download)

@@ -83,6 +83,7 @@ class IterGenVideoPipeline:
         generator: Optional[torch.Generator] = None,
         target_intrinsics: Optional[Float[Tensor, "G 4"]] = None,
         output_type: str = "pt",
+        start_sigma: Optional[float] = None,
     ) -> Float[Tensor, "G 3 H W"]:
         """Generate G frames at ``target_poses`` given renders of the current 3D state there and C input views.
 
@@ -100,6 +101,7 @@ class IterGenVideoPipeline:
             guidance_3d=guidance_3d,
             guidance_input=guidance_input,
             render_noise=render_noise,
+            start_sigma=start_sigma,
         )
         steps, g3, gi = sampling.num_inference_steps, float(sampling.guidance_3d), float(sampling.guidance_input)
         noise_level = float(sampling.render_noise)
@@ -145,8 +147,18 @@ class IterGenVideoPipeline:
 
         scheduler = model.make_scheduler()
         scheduler.set_timesteps(steps, device=device)
-        latents = randn(render_latents.shape, generator, device) * scheduler.init_noise_sigma
-        for t in tqdm(scheduler.timesteps, disable=not self.progress, desc="sampling", leave=False):
+        timesteps, start = scheduler.timesteps, 0
+        noise = randn(render_latents.shape, generator, device)
+        if sampling.start_sigma is None:
+            latents = noise * scheduler.init_noise_sigma
+        else:  # SDEdit: the render latent noised to the first level <= start_sigma
+            sigmas = scheduler.sigmas[:-1].to(device)
+            below = (sigmas <= sampling.start_sigma).nonzero()
+            start = int(below[0]) if len(below) else len(sigmas) - 1
+            scheduler.set_begin_index(start)
+            timesteps = timesteps[start:]
+            latents = render_latents.to(device) + float(sigmas[start]) * noise
+        for t in tqdm(timesteps, disable=not self.progress, desc="sampling", leave=False):
             x_in = scheduler.scale_model_input(latents, t)
             timestep = t.reshape(1).expand(len(branches)).float()
             pred = model.denoiser(x_in.repeat(len(branches), 1, 1, 1, 1), timestep, **batched).float()

@@ -34,12 +34,17 @@ class SamplingConfig:
     """Std of the Gaussian noise on render latents; the trainer overwrites it with the std it trained with."""
     sampler: Literal["euler"] = "euler"
     """Sampler kind: "euler" = diffusers' EulerDiscreteScheduler in SVD's EDM configuration."""
+    start_sigma: Optional[float] = None
+    """None: the paper's sampling from pure noise. A value: SDEdit-style, start from the render latent noised to
+    the first sampler level at or below this sigma and run only the remaining steps (a flagged departure)."""
 
     def validate(self) -> None:
         if self.num_inference_steps < 1:
             raise ValueError(f"sampling.num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.render_noise < 0:
             raise ValueError(f"sampling.render_noise must be >= 0, got {self.render_noise}")
+        if self.start_sigma is not None and self.start_sigma <= 0:
+            raise ValueError(f"sampling.start_sigma must be > 0 or None, got {self.start_sigma}")
         if self.sampler not in SAMPLER_KINDS:
             raise ValueError(f"sampling.sampler must be one of {SAMPLER_KINDS}, got {self.sampler!r}")
 

@@ -56,7 +56,7 @@ class TrainDiffusionConfig:
     data: Path
     """Snapshot root (holds format.json and shards/)."""
     output_dir: Path = Path("runs/diffusion")
-    model: Literal["tiny", "svd"] = "tiny"
+    model: Literal["tiny", "taef2", "svd"] = "tiny"
     """Named model config."""
     init: Optional[str] = None
     """svd: SVD checkpoint to start from (hub id or local dir with unet/ vae/ image_encoder/ scheduler/)."""
@@ -111,6 +111,9 @@ class TrainDiffusionConfig:
     """Probability of adding random extra frames of the sequence as input views."""
     use_render_latents: bool = True
     """Use precomputed shard render_latents when every shard has them at the model's latent shape."""
+    cache_latents: bool = True
+    """With a pretrained (frozen) VAE: encode every snapshot frame and render once, saved under
+    OUTPUT_DIR/latent_cache, instead of encoding each batch."""
     vae_fit_steps: Optional[int] = None
     """Steps fitting a VAE that has no pretrained weights before diffusion training (None: 400 if needed, else 0)."""
     progress: bool = True
@@ -207,6 +210,10 @@ class Trainer:
             [np.asarray(shard.c2w) for shard in self.dataset.shards], self.model.num_frames, cfg.frame_stride
         )
         self.vae_fitted = self.model_config.vae.pretrained is None and self._vae_fit_steps() > 0
+        self.latent_cache = None
+        if cfg.cache_latents and self.model_config.vae.pretrained is not None:
+            self.latent_cache = self._build_latent_cache()
+            self.dataset.attach_latents(self.latent_cache)
 
         denoiser = self.model.denoiser
         denoiser.train()
@@ -247,9 +254,23 @@ class Trainer:
             seed=seed,
             frame_stride=cfg.frame_stride,
             extra_input_prob=cfg.extra_input_prob,
-            latent_shape=(4, *m.latent_hw),
+            latent_shape=(m.latent_channels, *m.latent_hw),
             use_render_latents=cfg.use_render_latents and not self._vae_fit_steps(),
             length=length,
+        )
+
+    def _build_latent_cache(self):
+        from itergen_ns.diffusion.latent_cache import build_latent_cache
+
+        m = self.model
+        tag = f"{self.model_config.vae.pretrained}|{m.latent_channels}x{m.latent_hw}|{m.scaling_factor}"
+        return build_latent_cache(
+            self.dataset.shards,
+            (m.height, m.width),
+            lambda images: m.encode_latents(images.to(m.device)).cpu(),
+            tag,
+            cache_dir=self.out / "latent_cache" if self.accelerator.is_main_process else None,
+            progress=self.cfg.progress and self.accelerator.is_local_main_process,
         )
 
     def _vae_fit_steps(self) -> int:
@@ -420,6 +441,8 @@ class Trainer:
         written: List[Path] = []
         if acc.is_main_process:
             val = self._dataset(self.cfg.seed + 7919, length=max(self.cfg.validation_clips, 1))
+            if self.latent_cache is not None:
+                val.attach_latents(self.latent_cache)
             params = list(self.model.denoiser.parameters())
             if self.ema is not None:
                 self.ema.store(params)

@@ -1,6 +1,7 @@
 """The denoising UNet: diffusers ``UNetSpatioTemporalConditionModel``, built at random or loaded and widened.
 
-Input channels per frame are ``[noisy latent (4) | render latent (4) | extra maps (E)]``.
+Input channels per frame are ``[noisy latent (C) | render latent (C) | extra maps (E) | nearest-input latent]``
+(C = 4 for SVD's VAE, 32 for TAEF2).
 SVD's ``conv_in`` has 8 channels ``[noisy latent | conditioning-image latent]``; we map them one to one:
 noisy -> noisy, and SVD's conditioning-image channels -> our render latent (both are a clean-ish,
 noise-augmented latent of "what the frame should look like", fed unscaled as in SVD). The weights for the
@@ -42,8 +43,11 @@ def widen_conv_in(unet: UNetSpatioTemporalConditionModel, in_channels: int) -> U
     return unet
 
 
-def build_unet(source: ComponentSource, in_channels: int, allow_download: bool) -> UNetSpatioTemporalConditionModel:
-    """Load (and widen) a pretrained UNet, or build one at random from ``source.kwargs``."""
+def build_unet(
+    source: ComponentSource, in_channels: int, allow_download: bool, out_channels: int = 4
+) -> UNetSpatioTemporalConditionModel:
+    """Load (and widen) a pretrained UNet, or build one at random from ``source.kwargs`` (``out_channels`` =
+    the VAE's latent channels unless the kwargs say otherwise)."""
     if source.pretrained:
         unet = load_pretrained(
             "UNet (UNetSpatioTemporalConditionModel)",
@@ -54,5 +58,5 @@ def build_unet(source: ComponentSource, in_channels: int, allow_download: bool) 
         return widen_conv_in(unet, in_channels)
     kwargs = dict(source.kwargs)
     kwargs["in_channels"] = in_channels
-    kwargs.setdefault("out_channels", 4)
+    kwargs.setdefault("out_channels", out_channels)
     return UNetSpatioTemporalConditionModel(**kwargs)
