@@ -162,3 +162,44 @@ def test_training_caches_latents_learns_and_resumes(tmp_path):
     assert model.config.output_parameterization == "render_residual"
     assert not (tmp_path / "run" / "latest" / "vae").exists()  # TAEF2 is referenced, not copied
     assert float(model.denoiser.unet.conv_out.weight.abs().sum()) > 0  # training moved the correction
+
+
+def test_fp16_save_loads_as_float32_and_matches(untrained, tmp_path):
+    path = untrained.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    assert untrained.denoiser.unet.conv_in.weight.dtype == torch.float32  # the saved copy was converted, not us
+    from safetensors import safe_open
+
+    with safe_open(str(next((path / "unet").glob("*.safetensors"))), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    loaded = IterGenDiffusionModel.from_pretrained(path)
+    assert loaded.denoiser.unet.conv_in.weight.dtype == torch.float32
+    ref = untrained.denoiser.unet.conv_in.weight
+    torch.testing.assert_close(loaded.denoiser.unet.conv_in.weight, ref.half().float())
+
+
+def test_recipe_commands_match_its_build_settings():
+    from itergen_ns.eval.generator_recipe import GeneratorRecipe
+
+    recipe = GeneratorRecipe()
+    text = " ".join(recipe.commands())
+    for flag, value in [
+        ("--num-scenes", recipe.num_scenes),
+        ("--seed", recipe.scene_seed),
+        ("--max-steps", recipe.export_steps),
+        ("--model", recipe.model),
+        ("--max-steps", recipe.diffusion_steps),
+        ("--sampling.render-noise", recipe.render_noise),
+    ]:
+        assert f"{flag} {value}" in text
+    assert recipe.scene_seed != 0  # disjoint from the demo's and the benchmark's collection (seed 0)
+
+
+def test_demo_without_a_model_names_the_fix(tmp_path, monkeypatch):
+    from itergen_ns.eval import demo as demo_module
+
+    monkeypatch.setattr("itergen_ns.eval.generator_recipe.SHIPPED_GENERATOR_DIR", tmp_path / "none", raising=False)
+    monkeypatch.setattr("itergen_ns.diffusion.configs.SHIPPED_GENERATOR_DIR", tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="--from-scratch"):
+        demo_module.DemoConfig(output_dir=tmp_path / "demo").demo_checkpoint()
+    explicit = demo_module.DemoConfig(output_dir=tmp_path / "demo", generator_checkpoint=tmp_path / "m")
+    assert explicit.demo_checkpoint() == tmp_path / "m"

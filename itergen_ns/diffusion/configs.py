@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from itergen_ns.diffusion.sampling import ClipStatistics, SamplingConfig
@@ -203,6 +204,9 @@ def tiny_config(**overrides: Any) -> DiffusionModelConfig:
 
 TAEF2_SOURCE = "taef2"
 """``vae.pretrained`` value naming the TAEF2 weights vendored in ``itergen_ns/weights/taef2``."""
+SHIPPED_GENERATOR_DIR = Path(__file__).resolve().parents[1] / "weights" / "generator"
+"""The trained TAEF2 generator shipped with the package (fp16 safetensors; rebuilt by `itergen demo --from-scratch`,
+recipe in :mod:`itergen_ns.eval.generator_recipe`): itergen's default model."""
 
 
 def taef2_config(**overrides: Any) -> DiffusionModelConfig:

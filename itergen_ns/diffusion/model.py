@@ -19,6 +19,7 @@ conditioning image, carries our render-noise strength, which plays exactly that 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -299,18 +300,27 @@ class IterGenDiffusionModel(nn.Module):
         scheduler_config = meta.get("scheduler") or _scheduler_config(config.scheduler, allow_download)
         denoiser = IterGenDenoiser(unet, tokenizer, config.output_parameterization)
         model = cls(config, denoiser, vae, encoder, scheduler_config).eval()
-        if torch_dtype is not None:
-            model.to(torch_dtype)
+        # Weights saved in fp16 (the shipped checkpoint) load as float32 unless a dtype is asked for.
+        model.to(torch_dtype if torch_dtype is not None else torch.float32)
         return model
 
-    def save_pretrained(self, path: Union[str, Path], include_frozen: Literal["auto", "all", "none"] = "auto") -> Path:
+    def save_pretrained(
+        self,
+        path: Union[str, Path],
+        include_frozen: Literal["auto", "all", "none"] = "auto",
+        dtype: Optional[torch.dtype] = None,
+    ) -> Path:
         """Write config JSON + safetensors per component, atomically (temp dir -> rename).
+
+        ``dtype`` (e.g. torch.float16 for a shipped checkpoint) writes a converted copy; this model is unchanged.
 
         Trainable parts (UNet, view tokenizer) are always written. Frozen parts (VAE, CLIP, DINOv2) are written
         when ``include_frozen="all"``, or with ``"auto"`` only when they have no pretrained source to reload
         them from (random init or fitted); otherwise the saved config references their source.
         """
         path = Path(path)
+        if dtype is not None:
+            return copy.deepcopy(self).to(dtype).save_pretrained(path, include_frozen)
         frozen = {"vae": self.vae, "clip": self.image_encoder.clip, "dino": self.image_encoder.dino}
         config = dataclasses.replace(self.config)
         with atomic_directory(path) as tmp:

@@ -3,10 +3,11 @@
 Stages, each resumable (a finished stage leaves ``.stages/<name>.json`` and is skipped on a rerun; the
 exporter, the diffusion trainer and the eval harness also resume inside a stage):
 
-1. scenes     procedural hydrant-like objects: train scenes + held-out scenes
-2. snapshots  splatfacto runs from few views of the train scenes, rendered every N steps
-3. diffusion  the tiny render-conditioned video diffusion model trained on those snapshots
-4. eval       itergen vs. the splatfacto baseline (and the one-shot ablation) on held-out scenes
+1. scenes     procedural hydrant-like objects (collection seed 0; the held-out ones are scored)
+2. generator  only with ``--from-scratch``: rebuild the shipped TAEF2 generator with its recipe
+              (:mod:`itergen_ns.eval.generator_recipe`: its own 30 training scenes, snapshots, training);
+              otherwise the checkpoint shipped in ``itergen_ns/weights/generator`` is used
+3. eval       itergen vs. the splatfacto baseline (and the one-shot ablation) on held-out scenes
               from 1 and 6 views -> report.md, results.json/csv, image grids, orbit videos
 """
 
@@ -45,6 +46,11 @@ class DemoConfig:
     init_num_points: int = 3000
     """Initial Gaussians per run (kept small so CPU runs stay fast)."""
     generate_every: int = 50
+    from_scratch: bool = False
+    """Rebuild the generator with its recipe (GeneratorRecipe: scenes, snapshots, training; about an hour on 2
+    cores) instead of using the shipped checkpoint."""
+    generator_checkpoint: Optional[Path] = None
+    """Use this trained model (default: the shipped one, or the rebuilt one with --from-scratch)."""
     overrides: Dict[str, str] = field(default_factory=dict)
     """Extra overrides for every 3D run (dotted config path -> JSON value)."""
 
@@ -137,6 +143,24 @@ class DemoConfig:
         train(config)
         return {"checkpoint": str(out / "latest")}
 
+    def stage_generator(self) -> Dict:
+        from itergen_ns.eval.generator_recipe import GeneratorRecipe
+
+        return {"checkpoint": str(GeneratorRecipe().build(self.output_dir / "generator"))}
+
+    def demo_checkpoint(self) -> Path:
+        """The model the eval stage uses: explicit, rebuilt (--from-scratch) or shipped."""
+        from itergen_ns.diffusion import configs
+
+        if self.generator_checkpoint is not None:
+            return Path(self.generator_checkpoint)
+        if self.from_scratch:
+            return Path(self.run_stage("generator", self.stage_generator)["checkpoint"])
+        shipped = configs.SHIPPED_GENERATOR_DIR
+        if not (shipped / "itergen_diffusion.json").exists():
+            raise FileNotFoundError(f"{shipped}: no shipped generator in this checkout; run `itergen demo --from-scratch`")
+        return shipped
+
     def stage_eval(self) -> Dict:
         from itergen_ns.eval.harness import EvalConfig
 
@@ -146,7 +170,7 @@ class DemoConfig:
             views=self.views,
             samples=self.samples,
             steps=self.eval_steps,
-            generator_checkpoint=self.output_dir / "diffusion" / "latest",
+            generator_checkpoint=self.demo_checkpoint(),
             output_dir=self.output_dir / "report",
             overrides=self.common_overrides(),
             method_overrides={"itergen:pipeline.datamanager.generate_every": str(self.generate_every)},
@@ -158,8 +182,7 @@ class DemoConfig:
         start = time.time()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.run_stage("scenes", self.stage_scenes)
-        self.run_stage("snapshots", self.stage_snapshots)
-        self.run_stage("diffusion", self.stage_diffusion)
+        self.demo_checkpoint()  # fails early without a model; with --from-scratch builds it
         self.run_stage("eval", self.stage_eval)
         CONSOLE.print(
             f"[bold]demo finished in {time.time() - start:.0f} s; report: {self.output_dir / 'report' / 'report.md'}"

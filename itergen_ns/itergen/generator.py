@@ -25,9 +25,10 @@ class GeneratorConfig(InstantiateConfig):
 
     _target: Type = field(default_factory=lambda: Generator)
     checkpoint: Optional[Path] = None
-    """Model directory from `itergen train-diffusion` (e.g. runs/diffusion/latest)."""
+    """Model directory from `itergen train-diffusion` (e.g. runs/diffusion/latest); None: the generator shipped
+    in itergen_ns/weights/generator."""
     random_init: bool = False
-    """Without a checkpoint: use a randomly initialised `tiny` model (smoke tests and timing only)."""
+    """Use a randomly initialised `tiny` model instead (smoke tests and timing only)."""
     num_inference_steps: Optional[int] = None
     """Sampler steps per clip; None: the model's SamplingConfig (saved in its directory)."""
     guidance_3d: Optional[float] = None
@@ -37,6 +38,9 @@ class GeneratorConfig(InstantiateConfig):
     render_noise: Optional[float] = None
     """Std of the noise on render latents at sampling; None: the std the model was trained with. Setting 0 on a
     model trained with noise is NOT the paper's no-noise ablation (that model is trained without it)."""
+    start_sigma: Optional[float] = None
+    """SDEdit-style start: noise the render latent to this sigma and denoise from there (fewer steps run);
+    None: the model's setting (the paper's full-noise sampling unless the model says otherwise)."""
     expected_num_frames: Optional[int] = None
     """Fail before training if the checkpoint's frame count differs."""
     expected_resolution: Optional[int] = None
@@ -53,10 +57,17 @@ class Generator:
 
         self.config = config
         self.device = torch.device(device)
-        if config.checkpoint is None:
+        checkpoint = config.checkpoint
+        if checkpoint is None and not config.random_init:
+            from itergen_ns.diffusion.configs import SHIPPED_GENERATOR_DIR
+
+            if (SHIPPED_GENERATOR_DIR / "itergen_diffusion.json").exists():
+                checkpoint = SHIPPED_GENERATOR_DIR
+        if checkpoint is None:
             if not config.random_init:
                 raise ValueError(
-                    "itergen needs a trained diffusion model: pass --pipeline.generator.checkpoint DIR "
+                    "itergen needs a trained diffusion model and this checkout ships none: pass "
+                    "--pipeline.generator.checkpoint DIR "
                     "(written by `itergen train-diffusion`, e.g. runs/diffusion/latest), or "
                     "--pipeline.generator.random-init True for a smoke test with an untrained tiny model"
                 )
@@ -68,7 +79,7 @@ class Generator:
                 pipe = IterGenVideoPipeline(IterGenDiffusionModel.from_config(tiny_config()))
             CONSOLE.print("[bold yellow]itergen: using an untrained tiny diffusion model (random init)")
         else:
-            path = Path(config.checkpoint)
+            path = Path(checkpoint)
             if not path.exists():
                 raise FileNotFoundError(
                     f"--pipeline.generator.checkpoint {path}: no such directory (train one with `itergen train-diffusion`)"
@@ -82,6 +93,7 @@ class Generator:
             guidance_3d=config.guidance_3d,
             guidance_input=config.guidance_input,
             render_noise=config.render_noise,
+            start_sigma=config.start_sigma,
         )
         """The settings every clip is sampled with: the model's SamplingConfig plus this config's overrides."""
         self._stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
@@ -147,6 +159,7 @@ class Generator:
             guidance_3d=self.sampling.guidance_3d,
             guidance_input=self.sampling.guidance_input,
             render_noise=self.sampling.render_noise,
+            start_sigma=self.sampling.start_sigma,
             generator=rng,
             target_intrinsics=target_intrinsics,
         )
