@@ -10,6 +10,7 @@ Items are a pure function of ``(seed, index)``, so a run that resumes at step s 
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -90,6 +91,13 @@ class SnapshotClipDataset(Dataset):
             )
         )
         self.latents: Optional[list] = None
+
+    def with_seed(self, seed: int, length: int) -> "SnapshotClipDataset":
+        """The same shards (and attached latents) drawn with another seed: validation clips never see a shard
+        list that changed on disk since training started."""
+        other = copy.copy(self)
+        other.seed, other.length = int(seed), int(length)
+        return other
 
     def attach_latents(self, latents: list) -> None:
         """Serve ground-truth, render and input-view latents from a cache (one ``ShardLatents`` per shard, in

@@ -440,9 +440,7 @@ class Trainer:
         acc = self.accelerator
         written: List[Path] = []
         if acc.is_main_process:
-            val = self._dataset(self.cfg.seed + 7919, length=max(self.cfg.validation_clips, 1))
-            if self.latent_cache is not None:
-                val.attach_latents(self.latent_cache)
+            val = self.dataset.with_seed(self.cfg.seed + 7919, length=max(self.cfg.validation_clips, 1))
             params = list(self.model.denoiser.parameters())
             if self.ema is not None:
                 self.ema.store(params)
