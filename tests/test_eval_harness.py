@@ -133,3 +133,15 @@ def test_no_render_noise_row_needs_a_model_trained_without_noise(scene_root: Pat
     with pytest.raises(ValueError, match="trained with render noise 0.1, expected 0"):
         cfg.run()
     assert not (tmp_path / "eval").exists()  # nothing trained or written
+
+
+def test_shards_split_the_jobs_exactly_once():
+    from itergen_ns.eval.harness import EvalConfig
+
+    jobs = list(range(11))
+    parts = [EvalConfig(data=(), shard=f"{i}/3").shard_jobs(jobs) for i in range(3)]
+    assert sorted(j for part in parts for j in part) == jobs
+    assert EvalConfig(data=()).shard_jobs(jobs) == jobs
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(ValueError, match="--shard"):
+            EvalConfig(data=(), shard=bad).shard_jobs(jobs)

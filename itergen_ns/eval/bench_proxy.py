@@ -70,6 +70,9 @@ class BenchProxyConfig(DemoConfig):
     """Held-out scenes shown in each grid (two frames each: the farthest from the inputs and one between)."""
     plan_only: bool = False
     """Print the run count and the time estimate, then stop."""
+    eval_shard: str = "0/1"
+    """i/n: this process runs every n-th eval run (n processes share the work; each 1 CPU thread is fastest on
+    2 cores). Only 0/1 writes the report: rerun with it once the shards are done (finished runs are skipped)."""
 
     stage_label = "bench"
 
@@ -171,6 +174,7 @@ class BenchProxyConfig(DemoConfig):
             input_view_seed=self.seed,
             overrides=self.common_overrides(),
             method_overrides=method_overrides,
+            shard=self.eval_shard,
         )
 
     def stage_eval(self) -> Dict:
@@ -215,6 +219,10 @@ class BenchProxyConfig(DemoConfig):
             self.run_stage("diffusion", self.stage_diffusion)
             if "itergen-no-render-noise" in self.methods:
                 self.run_stage("diffusion-no-render-noise", self.stage_diffusion_no_render_noise)
+        if self.eval_shard != "0/1":
+            self.stage_eval()
+            CONSOLE.print(f"bench: shard {self.eval_shard} done; rerun without --eval-shard for the report")
+            return 0
         self.run_stage("eval", self.stage_eval)
         report = self.write_report()
         CONSOLE.print(f"[bold]bench finished in {time.time() - start:.0f} s; report: {report}")

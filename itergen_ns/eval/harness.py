@@ -120,6 +120,19 @@ class EvalConfig:
     """Overrides for one base method only: 'itergen:pipeline.datamanager.p_input' = '0.3'."""
     report_frames: int = 4
     """Held-out frames shown per scene in the image grids."""
+    shard: str = "0/1"
+    """i/n: run only jobs i, i+n, i+2n, ... of the job list, so n processes can share one output directory (each
+    run is skipped once its result.json exists); the report lists only this shard's runs, so finish with 0/1."""
+
+    def shard_jobs(self, jobs: List) -> List:
+        """This process's share of ``jobs`` (``--shard i/n``)."""
+        try:
+            index, count = (int(x) for x in self.shard.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard {self.shard!r}: expected i/n, e.g. 0/2") from None
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"--shard {self.shard!r}: need 0 <= i < n")
+        return jobs[index::count]
 
     def main(self) -> int:
         from itergen_ns.eval.report import write_report
@@ -143,6 +156,7 @@ class EvalConfig:
                     stochastic = method in VARIANTS and VARIANTS[method].stochastic
                     for sample in range(self.samples if stochastic else 1):
                         jobs.append((scene, views, method, sample))
+        jobs = self.shard_jobs(jobs)
         results = []
         progress = Progress(
             TextColumn("[bold]eval {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
