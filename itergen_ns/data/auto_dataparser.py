@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Type
+from typing import Optional, Type
 
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig
 
@@ -18,6 +18,9 @@ class ItergenDataParserConfig(DataParserConfig, SparseSplitConfig):
 
     _target: Type = field(default_factory=lambda: DataParser)
     data: Path = Path()
+    frame_size: Optional[int] = None
+    """The shared framing (``itergen_ns.data.framing``, centred square crop resized to this side) for either parser.
+    None: the parser's default (CO3D: 256; nerfstudio-format: full frames); 0: full frames."""
 
     def resolve(self) -> DataParserConfig:
         """The concrete parser config for ``data``, carrying this config's split."""
@@ -25,8 +28,13 @@ class ItergenDataParserConfig(DataParserConfig, SparseSplitConfig):
         from itergen_ns.data.sparse_dataparser import SparseNerfstudioDataParserConfig
 
         split = dict(
-            num_input_views=self.num_input_views, input_view_seed=self.input_view_seed, input_views=self.input_views
+            num_input_views=self.num_input_views,
+            input_view_seed=self.input_view_seed,
+            input_views=self.input_views,
+            input_view_rule=self.input_view_rule,
         )
+        if self.frame_size is not None:
+            split["frame_size"] = self.frame_size if self.frame_size > 0 else None
         if is_co3d_sequence(self.data):
             return CO3DDataParserConfig(data=self.data, **split)
         return SparseNerfstudioDataParserConfig(data=self.data, **split)

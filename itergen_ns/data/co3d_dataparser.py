@@ -9,8 +9,14 @@ What it produces, per split:
   ``camera_radius``. Every split gets that same transform, so renders of held-out frames are consistent with the
   model, and the 3D frame of a run does not depend on which or how many held-out frames exist. The transform is
   recorded as ``dataparser_transform`` / ``dataparser_scale`` so exports map back to CO3D world coordinates.
-* splits: ``num_input_views`` frames chosen by ``select_input_views`` (or explicit ones) for ``train``, all other frames
-  for ``val``/``test``; optionally restricted or defined by a CO3D set list. ``split="all"`` gives every usable frame
+* splits: ``num_input_views`` frames chosen by ``select_input_views`` (a seeded random subset, or with
+  ``input_view_rule="evenly_spaced"`` evenly spaced in frame-number order; or explicit ones) for ``train``, all other
+  frames for ``val``/``test``; optionally restricted or defined by a CO3D set list. Asking for more input views than
+  the sequence (or set list) has usable frames is an error.
+* checks, before anything is cached or trained (one-line ``CO3DDataError``s naming the file and field): finite
+  ``viewpoint`` fields, focal lengths > 0, a principal point inside the annotated ``image.size``, every image's stored
+  size equal to ``image.size`` and no EXIF rotation. A frame whose image (or needed mask) is missing is skipped with a
+  warning naming it (a partial CO3D download), unless the set list in use lists it: that is an error. ``split="all"`` gives every usable frame
   (with the same normalisation; ``metadata["input_view_indices"]`` are positions in that list).
 * framing: by default every frame is framed by ``itergen_ns.data.framing`` (centred square crop resized to
   ``frame_size``), the one framing shared by the snapshot exporter, the eval harness and the itergen generator; an
@@ -49,6 +55,7 @@ from itergen_ns.data.co3d import annotations as ann
 from itergen_ns.data.co3d import geometry as geo
 from itergen_ns.data.co3d import images as img
 from itergen_ns.data.co3d.annotations import CO3DDataError, is_co3d_sequence
+from itergen_ns.data.image_checks import InputDataError, check_intrinsics, image_size
 from itergen_ns.data.splits import SparseSplitConfig, select_input_views
 
 __all__ = ["CO3DDataParserConfig", "CO3DDataParser", "CO3DDataError", "is_co3d_sequence"]
@@ -140,6 +147,7 @@ class CO3DDataParser(DataParser):
         super().__init__(config=config)
         self._scene: Optional[_Scene] = None
         self._frame3d: Optional[_Frame3D] = None
+        self._skipped: Dict[int, str] = {}  # frame number -> why it was skipped (missing image / mask)
 
     # ----------------------------------------------------------------------------------------------- scene
     def _needs_masks(self) -> bool:
@@ -157,8 +165,10 @@ class CO3DDataParser(DataParser):
         for frame in frames:
             if not frame.image_path.is_file():
                 skipped.append(f"{frame.frame_number} (image {frame.image_path})")
+                self._skipped[frame.frame_number] = f"its image {frame.image_path} is missing"
             elif need_mask and (frame.mask_path is None or not frame.mask_path.is_file()):
                 skipped.append(f"{frame.frame_number} (mask {frame.mask_path or 'not annotated'})")
+                self._skipped[frame.frame_number] = f"its mask {frame.mask_path or '(not annotated)'} is missing"
             else:
                 usable.append(frame)
         if skipped:
@@ -206,6 +216,12 @@ class CO3DDataParser(DataParser):
             torch.tensor([f.height for f in frames]),
             [f.intrinsics_format for f in frames],
         )
+        for frame, (fx, fy, cx, cy) in zip(frames, intrinsics.tolist()):
+            where = f"{layout.frame_annotations}: frame {frame.frame_number} (viewpoint.focal_length/principal_point)"
+            try:
+                check_intrinsics(fx, fy, cx, cy, frame.width, frame.height, where, ("fx", "fy", "cx", "cy"))
+            except InputDataError as err:
+                raise CO3DDataError(str(err)) from err
         self._scene = _Scene(layout, frames, c2w, intrinsics)
         return self._scene
 
@@ -242,7 +258,16 @@ class CO3DDataParser(DataParser):
             explicit = ann.frame_numbers_to_positions(pool_frames, cfg.input_frame_numbers, "input_frame_numbers")
         elif cfg.input_views:
             explicit = list(cfg.input_views)
-        train, evaluation = select_input_views(len(pool), cfg.num_input_views, cfg.input_view_seed, explicit)
+        elif cfg.num_input_views > len(pool):
+            scene = self._get_scene()
+            source = f"set list {cfg.set_list!r}" if cfg.set_list else f"{scene.layout.frame_annotations}"
+            raise CO3DDataError(
+                f"sequence {scene.layout.sequence_name!r}: num_input_views={cfg.num_input_views} but {source} has only "
+                f"{len(pool)} usable frames; ask for at most {len(pool) - 1} (0: all frames, the dense reference)"
+            )
+        train, evaluation = select_input_views(
+            len(pool), cfg.num_input_views, cfg.input_view_seed, explicit, cfg.input_view_rule
+        )
         return [pool[i] for i in train], [pool[i] for i in evaluation]
 
     def split_indices(self) -> Dict[str, List[int]]:
@@ -260,7 +285,16 @@ class CO3DDataParser(DataParser):
         subsets = ann.load_set_list(scene.layout.category_dir, self.config.set_list, scene.layout.sequence_name)
         position = {f.frame_number: i for i, f in enumerate(frames)}
 
-        def positions(subset: str) -> List[int]:  # frames skipped for missing files were already warned about
+        list_file = ann.set_list_path(scene.layout.category_dir, self.config.set_list)
+
+        def positions(subset: str) -> List[int]:
+            missing = [n for n in subsets.get(subset, []) if n in self._skipped]
+            if missing:  # the set list is the evaluation protocol: a listed frame may not silently disappear
+                raise CO3DDataError(
+                    f"set list {list_file}: subset {subset!r} lists frame {missing[0]} of sequence "
+                    f"{scene.layout.sequence_name!r}, but {self._skipped[missing[0]]}"
+                    + (f" (and {len(missing) - 1} more listed frames)" if len(missing) > 1 else "")
+                )
             return sorted(position[n] for n in subsets.get(subset, []) if n in position)
 
         train, val, test = positions("train"), positions("val"), positions("test")
@@ -298,6 +332,7 @@ class CO3DDataParser(DataParser):
             i = indices[k]
             frame = scene.frames[i]
             w, h = frame.width, frame.height
+            self._check_image_header(frame)  # size and EXIF orientation, also when the processed file is cached
             alpha = img.load_soft_mask(frame.mask_path, (w, h)) if need_mask else None
             box, fallback = None, False
             if cropping:
@@ -340,8 +375,6 @@ class CO3DDataParser(DataParser):
                 intr, w, h = img.crop_intrinsics(intr, box), box.out_size, box.out_size
             elif frame_size is not None:
                 intr, w, h = framing.frame_intrinsics(intr, w, h, frame_size), frame_size, frame_size
-            elif not processing:
-                self._check_image_header(frame)
             return _Prepared(image_path, mask_path, intr, w, h, fallback)
 
         prepared = img.parallel_map(work, list(range(len(indices))), cfg.num_workers)
@@ -357,17 +390,20 @@ class CO3DDataParser(DataParser):
         self._check_image_header(frame)
         return _Prepared(frame.image_path, None, scene.intrinsics[i].numpy(), frame.width, frame.height)
 
-    @staticmethod
-    def _check_size(frame: ann.CO3DFrame, width: int, height: int) -> None:
+    def _check_size(self, frame: ann.CO3DFrame, width: int, height: int) -> None:
         if (width, height) != (frame.width, frame.height):
             raise CO3DDataError(
                 f"image {frame.image_path} is {width}x{height} (W x H) but its annotation image.size says "
-                f"{frame.width}x{frame.height}"
+                f"{frame.width}x{frame.height} (frame {frame.frame_number} in {self._get_scene().layout.frame_annotations})"
             )
 
     def _check_image_header(self, frame: ann.CO3DFrame) -> None:
-        with Image.open(frame.image_path) as pil:  # reads the header only
-            self._check_size(frame, *pil.size)
+        """The stored size is the annotation's ``image.size`` and there is no EXIF rotation (header only for JPEG)."""
+        try:
+            size = image_size(frame.image_path, f"frame {frame.frame_number}")
+        except InputDataError as err:  # one error class for the CO3D parser
+            raise CO3DDataError(str(err)) from err
+        self._check_size(frame, *size)
 
     # ----------------------------------------------------------------------------------------------- outputs
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:

@@ -31,6 +31,9 @@ class SparseViewDatamanagerConfig(FullImageDatamanagerConfig):
     """Seed of the deterministic input-view choice (same seed -> same inputs for every method)."""
     input_views: Optional[Tuple[int, ...]] = None
     """Explicit input frame indices; overrides num_input_views."""
+    input_view_rule: Literal["random", "evenly_spaced"] = "random"
+    """How num_input_views are chosen: a seeded random subset, or evenly spaced along the capture (frame list
+    order; input_view_seed shifts them). Held-out frames are all the others."""
     init_num_points: int = 20000
     """Initial Gaussians: back-projected from depth (depth_model), else random in the estimated object bounds when
     the data has no point cloud."""
@@ -61,6 +64,7 @@ class SparseViewDatamanager(FullImageDatamanager):
             parser_cfg.num_input_views = config.num_input_views
             parser_cfg.input_view_seed = config.input_view_seed
             parser_cfg.input_views = config.input_views
+            parser_cfg.input_view_rule = config.input_view_rule
         elif config.num_input_views > 0 or config.input_views:
             raise ValueError(
                 f"dataparser {type(parser_cfg).__name__} cannot select input views; use itergen-data, "

@@ -160,6 +160,8 @@ def _array(record: dict, dotted: str, shape: Tuple[int, ...], where: str) -> np.
         raise CO3DDataError(f"{where}: field '{dotted}' is not numeric") from err
     if arr.shape != shape:
         raise CO3DDataError(f"{where}: field '{dotted}' has shape {list(arr.shape)}; expected {list(shape)}")
+    if not np.isfinite(arr).all():
+        raise CO3DDataError(f"{where}: field '{dotted}' holds non-finite values {arr.tolist()}")
     return arr
 
 
@@ -173,6 +175,11 @@ def parse_frame(record: dict, root: Path, source: Path) -> CO3DFrame:
             f"{where}: viewpoint.intrinsics_format={fmt!r}; expected one of {', '.join(INTRINSICS_FORMATS)}"
         )
     mask = record.get("mask") or {}
+    if size.min() < 1 or (size != np.round(size)).any():
+        raise CO3DDataError(f"{where}: field 'image.size' is {size.tolist()}; expected [H, W] in whole pixels >= 1")
+    focal = _array(record, "viewpoint.focal_length", (2,), where)
+    if focal.min() <= 0:
+        raise CO3DDataError(f"{where}: field 'viewpoint.focal_length' is {focal.tolist()}; expected values > 0")
     return CO3DFrame(
         frame_number=int(_field(record, "frame_number", where)),
         image_path=root / str(_field(record, "image.path", where)),
@@ -181,7 +188,7 @@ def parse_frame(record: dict, root: Path, source: Path) -> CO3DFrame:
         width=int(size[1]),
         R=_array(record, "viewpoint.R", (3, 3), where),
         T=_array(record, "viewpoint.T", (3,), where),
-        focal_length=_array(record, "viewpoint.focal_length", (2,), where),
+        focal_length=focal,
         principal_point=_array(record, "viewpoint.principal_point", (2,), where),
         intrinsics_format=fmt,
     )

@@ -104,19 +104,30 @@ def write_png_atomic(array: np.ndarray, path: Path) -> None:
         raise
 
 
+def is_writable_dir(path: Path) -> bool:
+    """True when ``path`` is a directory this process may write and whose mode has a write bit (a folder marked
+    ``r-x`` is treated as read-only even for root)."""
+    try:
+        return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
+    except OSError:
+        return False
+
+
 def cache_folder(sequence_dir: Path, settings: dict, override: Optional[Path] = None) -> Path:
     """Cache folder for processed frames: ``<sequence>/.itergen_cache/<hash of settings>``.
 
-    Falls back to the system temp folder when the sequence folder is not writable.
+    Falls back to the system temp folder when the sequence folder is not writable, or is marked read-only (no
+    write permission bit, e.g. a shared data set: root may write anyway, but should not).
     """
     blob = json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True)
     tag = hashlib.sha1(blob.encode("utf-8")).hexdigest()[:12]
     if override is not None:
         base = Path(override)
-    elif os.access(sequence_dir, os.W_OK):
+    elif is_writable_dir(sequence_dir):
         base = sequence_dir / ".itergen_cache"
     else:
-        base = Path(tempfile.gettempdir()) / "itergen_co3d_cache" / f"{sequence_dir.parent.name}_{sequence_dir.name}"
+        where = hashlib.sha1(str(Path(sequence_dir).absolute()).encode("utf-8")).hexdigest()[:8]
+        base = Path(tempfile.gettempdir()) / "itergen_co3d_cache" / f"{sequence_dir.parent.name}_{sequence_dir.name}_{where}"
     folder = base / tag
     folder.mkdir(parents=True, exist_ok=True)
     settings_file = folder / "settings.json"
