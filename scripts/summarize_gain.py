@@ -11,8 +11,8 @@ from pathlib import Path
 
 
 def main(args: list[str]) -> None:
-    print("| run | views | frames | render | sample | gain PSNR | nearest input | mean frame | margin PSNR | gain SSIM | margin SSIM | AE ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | views | frames | render | sample | gain PSNR | nearest input | mean frame | margin PSNR | SSIM render / sample | gain SSIM | margin SSIM | AE ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arg in args:
         name, _, path = arg.partition("=")
         data = json.loads((Path(path) / "gain.json").read_text())
@@ -23,7 +23,8 @@ def main(args: list[str]) -> None:
             print(
                 f"| {name} | {g['views']} | {g['frames']} | {p['render']:.2f} | {p['sample']:.2f} | "
                 f"{g['gain_psnr']:+.2f} | {p['nearest_input']:.2f} | {p['mean_frame']:.2f} | {g['margin_psnr']:+.2f} | "
-                f"{g['gain_ssim']:+.3f} | {g['margin_ssim']:+.3f} | {p['autoencoder']:.2f} |"
+                f"{s['render']:.3f} / {s['sample']:.3f} | {g['gain_ssim']:+.3f} | {g['margin_ssim']:+.3f} | "
+                f"{p['autoencoder']:.2f} |"
             )
 
 

@@ -203,3 +203,27 @@ def test_demo_without_a_model_names_the_fix(tmp_path, monkeypatch):
         demo_module.DemoConfig(output_dir=tmp_path / "demo").demo_checkpoint()
     explicit = demo_module.DemoConfig(output_dir=tmp_path / "demo", generator_checkpoint=tmp_path / "m")
     assert explicit.demo_checkpoint() == tmp_path / "m"
+
+
+def test_shipped_generator_matches_its_recipe():
+    import dataclasses
+    import json
+
+    from itergen_ns.diffusion.configs import SHIPPED_GENERATOR_DIR
+    from itergen_ns.diffusion.model import read_model_config
+    from itergen_ns.eval.generator_recipe import GeneratorRecipe
+
+    if not (SHIPPED_GENERATOR_DIR / "itergen_diffusion.json").exists():
+        pytest.skip("no shipped generator in this checkout")
+    files = [f for f in SHIPPED_GENERATOR_DIR.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 25e6
+    recipe = json.loads((SHIPPED_GENERATOR_DIR / "recipe.json").read_text())
+    assert recipe == dataclasses.asdict(GeneratorRecipe())  # `itergen demo --from-scratch` rebuilds this model
+    cfg = read_model_config(SHIPPED_GENERATOR_DIR)
+    assert cfg.name == "taef2" and cfg.output_parameterization == "render_residual"
+    assert (cfg.sampling.guidance_3d, cfg.sampling.guidance_input) == (recipe["guidance_3d"], recipe["guidance_input"])
+    assert cfg.sampling.render_noise == recipe["render_noise"]
+    from safetensors import safe_open
+
+    with safe_open(str(SHIPPED_GENERATOR_DIR / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in list(f.keys())[:5]} == {torch.float16}
