@@ -209,6 +209,11 @@ SHIPPED_GENERATOR_DIR = Path(__file__).resolve().parents[1] / "weights" / "gener
 recipe in :mod:`itergen_ns.eval.generator_recipe`): itergen's default model."""
 
 
+def shipped_generator() -> Optional[Path]:
+    """The shipped generator's directory, or None when this checkout has none."""
+    return SHIPPED_GENERATOR_DIR if (SHIPPED_GENERATOR_DIR / "itergen_diffusion.json").exists() else None
+
+
 def taef2_config(**overrides: Any) -> DiffusionModelConfig:
     """CPU-sized generator in the latent space of the pretrained TAEF2 autoencoder (issue 14).
 

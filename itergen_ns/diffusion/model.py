@@ -34,7 +34,13 @@ from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
 
 from itergen_ns.diffusion import edm
-from itergen_ns.diffusion.configs import ComponentSource, DiffusionModelConfig, config_from_dict, config_to_dict
+from itergen_ns.diffusion.configs import (
+    TAEF2_SOURCE,
+    ComponentSource,
+    DiffusionModelConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from itergen_ns.diffusion.fileio import atomic_directory
 from itergen_ns.diffusion.image_features import ImageFeatureEncoder, ViewFeatures
 from itergen_ns.diffusion.poses import plucker_rays, relative_poses, to_homogeneous
@@ -124,7 +130,6 @@ class Conditioning:
     @staticmethod
     def cat(items: list["Conditioning"]) -> "Conditioning":
         """Concatenate along the batch dimension (one UNet call for all guidance branches)."""
-        extras = None if items[0].extra_maps is None else torch.cat([c.extra_maps for c in items])
 
         def optional(name: str) -> Optional[Tensor]:
             first = getattr(items[0], name)
@@ -132,7 +137,7 @@ class Conditioning:
 
         return Conditioning(
             render_cond=torch.cat([c.render_cond for c in items]),
-            extra_maps=extras,
+            extra_maps=optional("extra_maps"),
             features=ViewFeatures(
                 clip=torch.cat([c.features.clip for c in items]),
                 dino_cls=torch.cat([c.features.dino_cls for c in items]),
@@ -585,7 +590,6 @@ def _build_vae(source: ComponentSource, allow_download: bool) -> VAE:
     kwargs = dict(source.kwargs)
     cls_name = kwargs.pop("class_name", "AutoencoderKLTemporalDecoder")
     if cls_name == "AutoencoderTinyPool":
-        from itergen_ns.diffusion.configs import TAEF2_SOURCE
         from itergen_ns.diffusion.taef2 import AutoencoderTinyPool, load_taef2
 
         if source.pretrained == TAEF2_SOURCE:

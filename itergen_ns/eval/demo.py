@@ -156,9 +156,11 @@ class DemoConfig:
             return Path(self.generator_checkpoint)
         if self.from_scratch:
             return Path(self.run_stage("generator", self.stage_generator)["checkpoint"])
-        shipped = configs.SHIPPED_GENERATOR_DIR
-        if not (shipped / "itergen_diffusion.json").exists():
-            raise FileNotFoundError(f"{shipped}: no shipped generator in this checkout; run `itergen demo --from-scratch`")
+        shipped = configs.shipped_generator()
+        if shipped is None:
+            raise FileNotFoundError(
+                f"{configs.SHIPPED_GENERATOR_DIR}: no shipped generator in this checkout; run `itergen demo --from-scratch`"
+            )
         return shipped
 
     def stage_eval(self) -> Dict:

@@ -59,10 +59,9 @@ class Generator:
         self.device = torch.device(device)
         checkpoint = config.checkpoint
         if checkpoint is None and not config.random_init:
-            from itergen_ns.diffusion.configs import SHIPPED_GENERATOR_DIR
+            from itergen_ns.diffusion.configs import shipped_generator
 
-            if (SHIPPED_GENERATOR_DIR / "itergen_diffusion.json").exists():
-                checkpoint = SHIPPED_GENERATOR_DIR
+            checkpoint = shipped_generator()
         if checkpoint is None:
             if not config.random_init:
                 raise ValueError(
