@@ -90,3 +90,31 @@ def test_masked_psnr_counts_object_pixels_only() -> None:
     assert masked_psnr(pred, gt, mask) == pytest.approx(20.0, abs=1e-4)
     assert math.isnan(masked_psnr(pred, gt, torch.zeros(8, 8, dtype=torch.bool)))
     assert np.isfinite(masked_psnr(pred, gt, torch.ones(8, 8, dtype=torch.bool)))
+
+
+def _frames_run(method, sample, psnrs, eval_indices=(1, 2, 3)):
+    return {"scene": "apple", "views": 3, "method": method, "sample": sample, "eval_indices": list(eval_indices),
+            "per_frame": [{"psnr": p} for p in psnrs], "metrics": {"psnr": float(np.mean(psnrs))}}
+
+
+def test_frame_differences_average_samples_per_frame_and_pair_frames() -> None:
+    from itergen_ns.eval.report import frame_ci_table
+    from itergen_ns.eval.stats import frame_differences
+
+    results = [
+        _frames_run("base", 0, [10.0, 12.0, 14.0]),
+        # two samples: per-frame means 11, 14, 15 -> differences 1, 2, 1 against the baseline
+        _frames_run("m", 0, [10.0, 13.0, 15.0]), _frames_run("m", 1, [12.0, 15.0, 15.0]),
+    ]
+    rows = {r["method"]: r for r in frame_differences(results, "base", ["psnr"])}
+    assert rows["base"]["n"] == 3 and rows["base"]["mean"] == pytest.approx(12.0) and "diff_mean" not in rows["base"]
+    m = rows["m"]
+    assert m["samples"] == 2 and m["mean"] == pytest.approx(40.0 / 3)
+    ci = t_interval([1.0, 2.0, 1.0])
+    assert m["diff_mean"] == pytest.approx(4.0 / 3) and m["frames_paired"] == 3 and m["wins"] == 3
+    assert (m["diff_ci_low"], m["diff_ci_high"]) == pytest.approx((ci["ci_low"], ci["ci_high"]))
+    # frames only one method scored are not paired
+    partial = frame_differences([results[0], _frames_run("m", 0, [13.0, 13.0], (2, 3))], "base", ["psnr"])
+    assert [r["frames_paired"] for r in partial if r["method"] == "m"] == [2]
+    table = frame_ci_table(results, baseline="base", metrics=("psnr",))
+    assert "| apple | 3 | m | 2 | 3 | 13.33 [" in table and "+1.33 [" in table and "(3/3)" in table

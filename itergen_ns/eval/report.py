@@ -60,6 +60,40 @@ def markdown_table(rows: Sequence[Dict]) -> str:
     return "\n".join(lines)
 
 
+def frame_ci_table(results: Sequence[Dict], baseline: str = "itergen-splatfacto",
+                   metrics: Sequence[str] = ("psnr", "ssim")) -> str:
+    """Per scene and view count: each method's mean with its 95% CI over held-out frames (samples averaged per
+    frame) and, for the other methods, the paired per-frame difference to ``baseline``."""
+    from itergen_ns.eval.stats import format_ci, frame_differences
+
+    rows = frame_differences(results, baseline, metrics)
+    if not rows:
+        return ""
+    lines = ["| scene | views | method | samples | frames | " + " | ".join(
+        f"{m.upper()} mean [95% CI] | {m.upper()} − {baseline} [95% CI] (frames up)" for m in metrics) + " |",
+        "|" + "---|" * (5 + 2 * len(metrics))]
+    by_key: Dict[tuple, Dict[str, Dict]] = defaultdict(dict)
+    for r in rows:
+        by_key[(r["scene"], r["views"], r["method"])][r["metric"]] = r
+    for (scene, views, method), cells in by_key.items():
+        first = next(iter(cells.values()))
+        out = [scene, str(views), method, str(first["samples"]), str(first["n"])]
+        for m in metrics:
+            r = cells.get(m)
+            if r is None:
+                out += ["–", "–"]
+                continue
+            digits = 2 if m == "psnr" else 3
+            mean = f"{r['mean']:.{digits}f} [{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]"
+            diff = "–"
+            if "diff_mean" in r:
+                diff = format_ci(r["diff_mean"], r["diff_ci_low"], r["diff_ci_high"], digits)
+                diff += f" ({r['wins']}/{r['frames_paired']})"
+            out += [mean, diff]
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 def _label(image: np.ndarray, text: str) -> np.ndarray:
     pil = Image.fromarray(image)
     ImageDraw.Draw(pil).text((2, 1), text, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
@@ -172,6 +206,16 @@ def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path
         markdown_table(rows),
         "",
     ]
+    frames_table = frame_ci_table(results)
+    if frames_table:
+        lines += [
+            "Per scene, 95% Student-t intervals over held-out frames (each frame's value averaged over a method's "
+            "samples; differences paired frame by frame). Frames of one capture are correlated: these intervals "
+            "describe this capture, not the method over captures.",
+            "",
+            frames_table,
+            "",
+        ]
     for fig in figures:
         lines += [f"![{fig.stem}](grids/{fig.name})", ""]
     report = output_dir / "report.md"

@@ -102,6 +102,47 @@ def paired_differences(
     return rows
 
 
+def frame_differences(
+    results: Sequence[Dict], baseline: str, metrics: Sequence[str], confidence: float = 0.95
+) -> List[Dict]:
+    """One row per (scene, views, method, metric) with CIs over the scene's held-out *frames*.
+
+    For few scenes (real captures) a CI over scenes is undefined, so the unit is the held-out frame: each
+    frame's value is averaged over the method's samples, and the baseline is paired frame by frame. Frames of
+    one capture are correlated, so these intervals are narrower than a CI over scenes would be.
+    """
+    groups: Dict[tuple, List[Dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["scene"], r["views"], r["method"])].append(r)
+
+    def per_frame(runs: List[Dict], m: str) -> Dict[int, float]:
+        values: Dict[int, List[float]] = defaultdict(list)
+        for run in runs:
+            for index, frame in zip(run["eval_indices"], run["per_frame"]):
+                if m in frame:
+                    values[int(index)].append(float(frame[m]))
+        return {i: float(np.mean(v)) for i, v in values.items()}
+
+    rows = []
+    for (scene, views, method), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != baseline, kv[0][2])):
+        base_runs = groups.get((scene, views, baseline))
+        for m in metrics:
+            own = per_frame(runs, m)
+            if not own:
+                continue
+            row = {"scene": scene, "views": views, "method": method, "metric": m, "samples": len(runs),
+                   **t_interval(list(own.values()), confidence)}
+            if base_runs is not None and method != baseline:
+                base = per_frame(base_runs, m)
+                paired = sorted(set(own) & set(base))
+                diff = t_interval([own[i] - base[i] for i in paired], confidence)
+                row.update({"diff_mean": diff["mean"], "diff_ci_low": diff["ci_low"], "diff_ci_high": diff["ci_high"],
+                            "frames_paired": len(paired),
+                            "wins": int(sum(own[i] > base[i] for i in paired))})
+            rows.append(row)
+    return rows
+
+
 def method_summary(results: Sequence[Dict], metrics: Sequence[str], aggregate: str = "best",
                    confidence: float = 0.95) -> List[Dict]:
     """One row per (views, method, metric): mean over scenes of the per-scene value with its t interval."""
