@@ -3,6 +3,9 @@
 Each subcommand is a tyro dataclass config, run by its ``main()`` method or by a module-level function that
 takes it; its module is imported only when that subcommand runs, so `itergen --help` stays fast and one
 job's heavy imports don't slow the others.
+
+Bad input (a missing or corrupt file, an inconsistent option) ends a command with one line on stderr naming the
+file/field and exit status 1; ``--debug`` (anywhere on the command line) or ``ITERGEN_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import sys
 from typing import Dict, Optional, Sequence, Tuple
 
 import tyro
+
+from itergen_ns import errors
 
 # name -> (module, config class, one-line help[, module-level function run with the config instead of .main()])
 SUBCOMMANDS: Dict[str, Tuple[str, ...]] = {
@@ -51,8 +56,9 @@ SUBCOMMANDS: Dict[str, Tuple[str, ...]] = {
 
 def _usage() -> str:
     width = max(len(n) for n in SUBCOMMANDS)
-    lines = ["usage: itergen COMMAND [--help] [options]", "", "commands:"]
+    lines = ["usage: itergen [--debug] COMMAND [--help] [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {entry[2]}" for name, entry in SUBCOMMANDS.items()]
+    lines += ["", f"--debug (or {errors.DEBUG_ENV}=1): full traceback instead of the one-line error message"]
     return "\n".join(lines)
 
 
@@ -61,6 +67,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # set before torch starts its thread pool, i.e. before the subcommand's modules are imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -71,7 +79,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module_name, class_name, help_, *runner = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
     config = tyro.cli(getattr(module, class_name), args=rest, prog=f"itergen {name}", description=help_)
-    result = getattr(module, runner[0])(config) if runner else config.main()
+    try:
+        result = getattr(module, runner[0])(config) if runner else config.main()
+    except Exception as err:
+        if not debug and errors.report(err):
+            return errors.EXIT_INPUT_ERROR
+        raise
     return int(result) if isinstance(result, int) else 0
 
 

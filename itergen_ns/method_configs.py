@@ -1,10 +1,15 @@
 """Method entry points (``nerfstudio.method_configs``): ``itergen-splatfacto`` (sparse-view baseline) and
-``itergen`` (diffusion in the loop). Defaults run on CUDA when present, else on CPU."""
+``itergen`` (diffusion in the loop). Defaults run on CUDA when present, else on CPU.
+
+Importing this module (nerfstudio does, for every ``ns-*`` command) makes bad input one line on stderr instead of a
+traceback (``itergen_ns.errors``; ``ITERGEN_DEBUG=1`` keeps the traceback).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Type
 
 import torch
@@ -13,10 +18,11 @@ from torch.optim import Optimizer, lr_scheduler
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecayScheduler, ExponentialDecaySchedulerConfig
-from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from itergen_ns import errors
 from itergen_ns.data.datamanager import SparseViewDatamanagerConfig
 from itergen_ns.itergen.datamanager import IterGenDataManagerConfig
 from itergen_ns.itergen.pipeline import IterGenPipelineConfig
@@ -24,6 +30,39 @@ from itergen_ns.models.itergen_model import IterGenModelConfig
 from itergen_ns.models.splatfacto import IterGenSplatfactoModelConfig
 
 DEFAULT_STEPS = 5000
+
+errors.install_excepthook()
+
+SETUP_FILES = ("config.yml", "dataparser_transforms.json")
+"""What a run writes before its first step (``ns-train`` saves config.yml before set-up)."""
+
+
+class ItergenTrainer(Trainer):
+    """nerfstudio's Trainer; a set-up that fails on bad input (before any checkpoint) leaves no run folder behind."""
+
+    def setup(self, *args, **kwargs) -> None:
+        try:
+            super().setup(*args, **kwargs)
+        except Exception as err:
+            if errors.is_input_error(err):
+                self._remove_unstarted_run()
+            raise
+
+    def _remove_unstarted_run(self) -> None:
+        base = Path(self.base_dir)
+        if not base.is_dir() or any(base.rglob("*.ckpt")):
+            return
+        for name in SETUP_FILES:
+            (base / name).unlink(missing_ok=True)
+        # the run folder and its parents up to --output-dir, where nothing else is in them
+        stop = Path(self.config.output_dir).resolve()
+        folder = base.resolve()
+        while folder != stop and stop in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
 
 
 class FloatExponentialDecayScheduler(ExponentialDecayScheduler):
@@ -99,6 +138,7 @@ def sparse_splatfacto_model(config_cls=IterGenSplatfactoModelConfig) -> IterGenS
 
 def trainer_config(method_name: str, pipeline) -> TrainerConfig:
     return TrainerConfig(
+        _target=ItergenTrainer,
         method_name=method_name,
         steps_per_eval_image=250,
         steps_per_eval_batch=0,

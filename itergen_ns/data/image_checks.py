@@ -6,7 +6,7 @@ and the field at fault, raised while parsing (before any image is cached or any 
   Which grid the poses were estimated on is ambiguous, so such images are refused (``ImageOrientationError``).
 * size: the image's stored size must be the one its camera was given for (``ImageSizeError``).
 * intrinsics: finite, focal lengths > 0, principal point inside the image (``IntrinsicsError``).
-* poses: finite (``PoseError``).
+* poses: finite, and a rotation block that is a rotation (orthonormal, det +1; ``PoseError``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class IntrinsicsError(InputDataError):
 
 
 class PoseError(InputDataError):
-    """A camera pose is not finite."""
+    """A camera pose is not finite or not rigid."""
 
 
 def _orientation(im: Image.Image) -> int:
@@ -139,3 +139,18 @@ def check_finite_pose(matrix, where: str, field: str) -> None:
             ok = False
         if not ok:
             raise PoseError(f"{where}: {field} holds {value!r}; expected finite numbers")
+
+
+def check_rigid_pose(matrix, where: str, field: str, tol: float = 1e-3) -> None:
+    """The 3x3 rotation block of a (finite) camera-to-world pose is a rotation: R^T R = I and det R = +1 within
+    ``tol`` (a scaled, sheared or mirrored camera is not a camera nerfstudio can render)."""
+    import numpy as np
+
+    rot = np.asarray(matrix, dtype=np.float64)[:3, :3]
+    err = float(np.abs(rot.T @ rot - np.eye(3)).max())
+    det = float(np.linalg.det(rot))
+    if err > tol or abs(det - 1.0) > tol:
+        raise PoseError(
+            f"{where}: {field} is not rigid (rotation block has |R^T R - I| = {err:.3g}, det R = {det:.3g}); "
+            "expected an orthonormal rotation with det +1 and no scale"
+        )

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from itergen_ns.errors import InputError, write_failed
 from itergen_ns.data.procedural.environment import Environment, sample_environment
 from itergen_ns.data.procedural.hydrant import HydrantObject, sample_hydrant
 from itergen_ns.data.procedural.noise import ValueNoise
@@ -50,7 +52,9 @@ def _frame_count(rng: np.random.Generator, num_frames: FrameCount) -> int:
     else:
         lo, hi = (int(v) for v in num_frames)
     if lo < 1 or hi < lo:
-        raise ValueError(f"num_frames must be a positive int or a (min, max) range with min <= max, got {num_frames}")
+        raise InputError(
+            f"num_frames (--num-frames) must be a positive int or a (min, max) range with min <= max, got {num_frames}"
+        )
     return lo if lo == hi else int(rng.integers(lo, hi + 1))
 
 
@@ -60,7 +64,7 @@ def _image_size(resolution: Resolution) -> Tuple[int, int]:
     else:
         w, h = (int(v) for v in resolution)
     if w < 8 or h < 8:
-        raise ValueError(f"resolution must be at least 8x8 pixels (width, height), got {resolution}")
+        raise InputError(f"resolution (--image-size) must be at least 8x8 pixels (width, height), got {resolution}")
     return w, h
 
 
@@ -140,11 +144,21 @@ def sample_scene(
     return ProceduralScene(int(seed), obj, env, c2w, focal, focal, width / 2.0, height / 2.0, width, height)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
+
+
+def _atomic_write_bytes(path: Path, data: bytes, shown: Optional[Path] = None) -> None:
+    """Write via a temporary file and rename; a failed write (e.g. a full disk) leaves no file and its error names
+    ``shown`` (default ``path``)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(shown or path, err) from err
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -196,16 +210,29 @@ def write_scene(
     shadows: bool = True,
     num_threads: Optional[int] = 1,
 ) -> None:
-    """Render ``scene`` and write its folder; every file goes to a temp name first, then ``os.replace``."""
+    """Render ``scene`` and write its folder, assembled under a hidden temporary name and renamed into place: the
+    folder is complete or absent (a failed write, e.g. a full disk, leaves neither it nor the temporary)."""
     scene_dir = Path(scene_dir)
-    (scene_dir / "images").mkdir(parents=True, exist_ok=True)
-    (scene_dir / "masks").mkdir(parents=True, exist_ok=True)
     images, masks = scene.render(supersample=supersample, shadows=shadows, num_threads=num_threads)
     meta = transforms_dict(scene)
-    for frame, image, mask in zip(meta["frames"], images, masks):
-        _atomic_write_bytes(scene_dir / frame["file_path"], _png_bytes(image))
-        _atomic_write_bytes(scene_dir / frame["mask_path"], _png_bytes(mask.astype(np.uint8) * 255))
-    _atomic_write_bytes(scene_dir / "transforms.json", (json.dumps(meta, indent=2) + "\n").encode())
+    tmp = scene_dir.parent / f".tmp-{scene_dir.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "images").mkdir(parents=True)
+        (tmp / "masks").mkdir()
+        for frame, image, mask in zip(meta["frames"], images, masks):
+            for key, pixels in ((frame["file_path"], image), (frame["mask_path"], mask.astype(np.uint8) * 255)):
+                _atomic_write_bytes(tmp / key, _png_bytes(pixels), shown=scene_dir / key)
+        _atomic_write_bytes(tmp / "transforms.json", (json.dumps(meta, indent=2) + "\n").encode(),
+                            shown=scene_dir / "transforms.json")  # fmt: skip
+        old = scene_dir.parent / f".old-{scene_dir.name}-{os.getpid()}"
+        if scene_dir.exists():
+            os.rename(scene_dir, old)
+        os.rename(tmp, scene_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def make_scenes(
@@ -230,30 +257,42 @@ def make_scenes(
     ``num_threads``: torch threads while rendering (see ``render_views``).
     """
     if num_scenes < 1:
-        raise ValueError(f"make_scenes: num_scenes must be >= 1, got {num_scenes}")
+        raise InputError(f"make_scenes: num_scenes (--num-scenes) must be >= 1, got {num_scenes}")
     if not 0 <= num_heldout <= num_scenes:
-        raise ValueError(f"make_scenes: num_heldout must be in [0, {num_scenes}], got {num_heldout}")
+        raise InputError(f"make_scenes: num_heldout (--num-heldout) must be in [0, {num_scenes}], got {num_heldout}")
     if not 0 <= num_val <= num_scenes - num_heldout:
-        raise ValueError(f"make_scenes: num_val must be in [0, {num_scenes - num_heldout}], got {num_val}")
-    width, height = _image_size(resolution)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    entries: List[Dict[str, Any]] = []
-    for i in range(num_scenes):
-        s = scene_seed(seed, i)
-        scene = sample_scene(s, num_frames, (width, height), look_jitter=look_jitter)
-        name = f"scene_{i:04d}"
-        write_scene(scene, out / name, supersample, shadows, num_threads)
-        entries.append(
-            {
-                "name": name,
-                "seed": s,
-                "num_frames": scene.num_frames,
-                "split": split_of(i, num_scenes, num_val, num_heldout),
-            }
+        raise InputError(
+            f"make_scenes: num_val (--num-val) must be in [0, {num_scenes - num_heldout}] (num_scenes - num_heldout), "
+            f"got {num_val}"
         )
-        if on_scene_done is not None:
-            on_scene_done(i, out / name)
+    width, height = _image_size(resolution)
+    _frame_count(np.random.default_rng(0), num_frames)  # checked before anything is written
+    out = Path(out_dir)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in list(out.glob(".tmp-scene_*")) + list(out.glob(".old-scene_*")):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    entries: List[Dict[str, Any]] = []
+    try:
+        for i in range(num_scenes):
+            s = scene_seed(seed, i)
+            scene = sample_scene(s, num_frames, (width, height), look_jitter=look_jitter)
+            name = f"scene_{i:04d}"
+            write_scene(scene, out / name, supersample, shadows, num_threads)
+            entries.append(
+                {
+                    "name": name,
+                    "seed": s,
+                    "num_frames": scene.num_frames,
+                    "split": split_of(i, num_scenes, num_val, num_heldout),
+                }
+            )
+            if on_scene_done is not None:
+                on_scene_done(i, out / name)
+    except BaseException:
+        if created:  # everything under it is this call's: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     index = {
         "generator": GENERATOR,
         "seed": int(seed),
@@ -264,6 +303,11 @@ def make_scenes(
     }
     _atomic_write_bytes(out / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
     return index
+
+
+def default_num_heldout(num_scenes: int, at_most: int = 2) -> int:
+    """Held-out scenes when none are asked for: ``at_most``, but always leaving one scene to train on."""
+    return max(0, min(at_most, num_scenes - 1))
 
 
 def split_of(index: int, num_scenes: int, num_val: int = 0, num_heldout: int = 0) -> str:
@@ -281,12 +325,12 @@ def load_scene_index(out_dir: Union[str, Path]) -> Dict[str, Any]:
     try:
         index = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise InputError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(index, dict) or not isinstance(index.get("scenes"), list):
-        raise ValueError(f"{path}: expected an object with a 'scenes' list")
+        raise InputError(f"{path}: expected an object with a 'scenes' list")
     for k, entry in enumerate(index["scenes"]):
         if not isinstance(entry, dict) or "name" not in entry:
-            raise ValueError(f"{path}: scenes[{k}] must be an object with a 'name'")
+            raise InputError(f"{path}: scenes[{k}] must be an object with a 'name'")
         entry["path"] = Path(out_dir) / entry["name"]
     return index
 
@@ -301,7 +345,7 @@ class MakeScenesConfig:
     """How many scenes (object instances with their own capture)."""
     num_heldout: Optional[int] = None
     """The last this many scenes are marked 'heldout' (what `itergen eval` scores), the rest 'train'; default
-    min(2, num-scenes), so `--num-scenes 1` gives one held-out scene."""
+    min(2, num-scenes - 1), so at least one scene is left to train on (`--num-scenes 1`: one train scene)."""
     num_val: int = 0
     """Scenes before the held-out ones marked 'val' (for tuning, never scored by `itergen eval`)."""
     seed: int = 0
@@ -338,7 +382,7 @@ class MakeScenesConfig:
                 self.image_size,
                 self.supersample,
                 self.shadows,
-                min(2, self.num_scenes) if self.num_heldout is None else self.num_heldout,
+                default_num_heldout(self.num_scenes) if self.num_heldout is None else self.num_heldout,
                 self.look_jitter,
                 self.num_threads or None,
                 on_scene_done=lambda i, p: progress.advance(task),

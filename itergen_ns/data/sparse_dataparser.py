@@ -40,6 +40,7 @@ from itergen_ns.data.image_checks import (
     check_finite_pose,
     check_image_size,
     check_intrinsics,
+    check_rigid_pose,
 )
 from itergen_ns.data.normalization import Normalization, compute_normalization
 from itergen_ns.data.splits import SparseSplitConfig, select_input_views
@@ -129,6 +130,7 @@ def check_transforms(data: Path, check_masks: bool = True, check_images: bool = 
         if not (isinstance(mat, list) and len(mat) in (3, 4) and all(isinstance(r, list) and len(r) == 4 for r in mat)):
             raise ValueError(f"{path}: frames[{i}].transform_matrix must be a 4x4 (or 3x4) nested list")
         check_finite_pose(mat, f"{path}: frames[{i}] ({frame['file_path']})", "transform_matrix")
+        check_rigid_pose(mat, f"{path}: frames[{i}] ({frame['file_path']})", "transform_matrix")
         for key in ("file_path", "mask_path") if check_masks else ("file_path",):
             if key in frame and not (root / frame[key]).is_file():
                 raise FileNotFoundError(f"{root / frame[key]}: file of frames[{i}].{key} in {path} not found")

@@ -64,24 +64,32 @@ class SnapshotClipDataset(Dataset):
         self.length = length
         self.shards: List[SnapshotShard] = []
         min_span = (num_frames - 1) * self.frame_stride[0] + 1
-        for path in list_shards(self.root):
+        skipped: List[str] = []  # why shards were left out: warnings, or the error's reason if none is left
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            paths = list_shards(self.root)
+        skipped += [str(w.message) for w in caught]
+        for path in paths:
             try:
                 shard = load_shard(path)
             except (ValueError, OSError) as err:
-                warnings.warn(f"skipping corrupt snapshot shard {path}: {err}")
+                skipped.append(f"skipping corrupt snapshot shard {path}: {err}")
                 continue
             if shard.num_frames < min_span:
-                warnings.warn(f"skipping snapshot shard {path}: {shard.num_frames} frames < {min_span} needed per clip")
+                skipped.append(f"skipping snapshot shard {path}: {shard.num_frames} frames < {min_span} needed per clip")
                 continue
             if len(shard.steps) == 0:
-                warnings.warn(f"skipping snapshot shard {path}: no snapshot steps")
+                skipped.append(f"skipping snapshot shard {path}: no snapshot steps")
                 continue
             self.shards.append(shard)
         if not self.shards:
+            why = f"; {len(skipped)} skipped, first: {skipped[0]}" if skipped else ""
             raise EmptyDatasetError(
                 f"no usable snapshot shards under {self.root} (need finished shards with >= {min_span} frames); "
-                f"export some with `itergen export-snapshots`"
+                f"export some with `itergen export-snapshots`{why}"
             )
+        for message in skipped:
+            warnings.warn(message)
         self.use_render_latents = bool(
             use_render_latents
             and latent_shape is not None

@@ -37,6 +37,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from itergen_ns import errors
 from itergen_ns.diffusion.clip_stats import measure_clip_statistics
 from itergen_ns.diffusion.configs import DiffusionModelConfig, get_model_config
 from itergen_ns.diffusion.data import SnapshotClipDataset, StepSampler
@@ -287,14 +288,39 @@ class Trainer:
 
     def resume(self, resume: str) -> Path:
         ckpt = resolve_checkpoint(self.out, resume)
-        self.accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / TRAINER_STATE).read_text())
+        self._check_checkpoint_geometry(ckpt, state)
+        try:
+            self.accelerator.load_state(str(ckpt))
+        except Exception as err:  # a truncated file, or weights of another architecture (size mismatch)
+            if not (isinstance(err, RuntimeError) or errors.is_input_error(err)):
+                raise
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(err).__name__)
+            raise errors.InputError(
+                f"{ckpt}: cannot resume from this checkpoint ({type(err).__name__}: {detail}); expected one written "
+                "by a run with the same --model and --model-overrides"
+            ) from err
         self.step = int(state["step"])
         if state.get("vae_scaling_factor") is not None:
             self.model.vae.register_to_config(scaling_factor=state["vae_scaling_factor"])
         if state.get("vae_fitted"):
             self.model.config.vae.pretrained = None
         return ckpt
+
+    def _geometry(self) -> Dict[str, int]:
+        m = self.model
+        return {"num_frames": int(m.num_frames), "height": int(m.height), "width": int(m.width),
+                "latent_channels": int(m.latent_channels)}  # fmt: skip
+
+    def _check_checkpoint_geometry(self, ckpt: Path, state: Dict) -> None:
+        """The checkpoint's frames / resolution / latent channels (recorded in trainer_state.json) are this model's."""
+        for key, value in self._geometry().items():
+            if key in state and int(state[key]) != value:
+                raise errors.InputError(
+                    f"{ckpt / TRAINER_STATE}: {key} is {state[key]}, but this run's model has {value} "
+                    "(--model / --model-overrides); resume with the settings the checkpoint was trained with"
+                )
 
     def save_checkpoint(self) -> Path:
         """accelerate.save_state into a temp dir, then rename; prune old checkpoints; export EMA weights to latest/."""
@@ -314,6 +340,7 @@ class Trainer:
                 "model_config": self.cfg.model,
                 "vae_fitted": self.vae_fitted,
                 "vae_scaling_factor": float(self.model.vae.config.scaling_factor),
+                **self._geometry(),
                 "time": time.time(),
             }
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))

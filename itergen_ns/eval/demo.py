@@ -180,8 +180,32 @@ class DemoConfig:
         config.main()
         return {"report": str(config.output_dir / "report.md")}
 
+    def check(self) -> None:
+        """Fail on inconsistent options or an unreadable --generator-checkpoint before anything is written."""
+        from itergen_ns.errors import InputError
+
+        if not self.views or min(self.views) < 1:
+            raise InputError(f"--views {' '.join(map(str, self.views))}: expected input-view counts >= 1")
+        if max(self.views) >= min(self.num_frames):
+            raise InputError(
+                f"--views {max(self.views)}: scenes have {min(self.num_frames)} frames or more (--num-frames "
+                f"{' '.join(map(str, self.num_frames))}); expected fewer input views than frames"
+            )
+        if self.num_train_scenes < 1 or self.num_heldout_scenes < 1:
+            raise InputError("--num-train-scenes and --num-heldout-scenes: expected >= 1 each")
+        if self.generator_checkpoint is not None:
+            from itergen_ns.diffusion.model import IterGenDiffusionModel
+
+            try:
+                IterGenDiffusionModel.from_pretrained(self.generator_checkpoint)
+            except (OSError, ValueError) as err:
+                raise InputError(f"--generator-checkpoint {self.generator_checkpoint}: {' '.join(str(err).split())}") from err
+
     def main(self) -> int:
         start = time.time()
+        self.check()
+        if not self.from_scratch:
+            self.demo_checkpoint()  # no model: fail before writing anything
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.run_stage("scenes", self.stage_scenes)
         self.demo_checkpoint()  # fails early without a model; with --from-scratch builds it

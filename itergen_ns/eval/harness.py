@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 
 from itergen_ns.data.splits import select_input_views
+from itergen_ns.errors import InputError
 from itergen_ns.eval.metrics import (
     image_metrics, masked_psnr, mean_metrics, object_accumulation, object_sphere, silhouette_iou,
 )
@@ -149,6 +150,7 @@ class EvalConfig:
             raise ValueError(f"unknown methods {unknown}; known: {', '.join(VARIANTS)}")
         self._check_generators()
         scenes = discover_eval_scenes(self.data)
+        self._check_views(scenes)
         jobs = []
         for scene in scenes:
             for views in self.views:
@@ -170,9 +172,39 @@ class EvalConfig:
                 progress.advance(task)
         return results
 
+    def _check_views(self, scenes: Sequence[Path]) -> None:
+        """Fail before any training when a view count is < 1 or leaves a scene no frame to score."""
+        if not self.views or min(self.views) < 1:
+            raise InputError(f"--views {' '.join(map(str, self.views))}: expected input-view counts >= 1")
+        for scene in scenes:
+            transforms = Path(scene) / "transforms.json"
+            if not transforms.is_file():
+                continue  # CO3D: the parser checks the count
+            try:
+                frames = len(json.loads(transforms.read_text()).get("frames", []))
+            except (ValueError, AttributeError) as err:
+                raise InputError(f"{transforms}: not a valid transforms.json ({err})") from err
+            if max(self.views) >= frames:
+                raise InputError(
+                    f"--views {max(self.views)}: {transforms} has only {frames} frames; expected fewer input views "
+                    "than frames (the others are scored)"
+                )
+
     def _check_generators(self) -> None:
-        """Fail before any training when an ablation's model is missing or is not what the row claims."""
-        if "itergen-no-render-noise" not in self.methods or self.generator_random_init:
+        """Fail before any training when a row's model is missing, unreadable or not what the row claims."""
+        rows = [VARIANTS[m] for m in self.methods if m in VARIANTS and VARIANTS[m].uses_generator]
+        if self.generator_random_init or not rows:
+            return
+        from itergen_ns.diffusion.model import IterGenDiffusionModel
+
+        for option, path in (("--generator-checkpoint", self.generator_checkpoint),
+                             ("--generator-checkpoint-no-render-noise", self.generator_checkpoint_no_render_noise)):
+            if path is not None:  # loads the weights once, so a corrupt file fails here and not after hours
+                try:
+                    IterGenDiffusionModel.from_pretrained(path)
+                except (OSError, ValueError) as err:
+                    raise InputError(f"{option} {path}: {' '.join(str(err).split())}") from err
+        if "itergen-no-render-noise" not in self.methods:
             return
         path = self.generator_checkpoint_no_render_noise
         if path is None:

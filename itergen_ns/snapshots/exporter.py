@@ -20,7 +20,9 @@ import copy
 import math
 import re
 import shutil
+import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,10 +322,8 @@ class ExportSnapshotsConfig:
     def main(self) -> int:
         """Export this process's part; exit status 1 when some scene failed (the others are complete)."""
         report = self.export()
-        if report.failed:
-            CONSOLE.print(f"[bold red]{len(report.failed)} shard(s) failed (the others are complete):")
-            for name, msg in report.failed.items():
-                CONSOLE.print(f"  [red]{name}: {msg}")
+        for name, msg in report.failed.items():  # one line per failed shard on stderr (the others are complete)
+            print(f"SceneError: shard {name}: {msg}", file=sys.stderr, flush=True)
         CONSOLE.print(
             f"{len(report.written)} shard(s) written, {len(report.skipped)} already finished, "
             f"{len(report.failed)} failed -> {self.out}"
@@ -353,8 +353,8 @@ class ExportSnapshotsConfig:
     def export(self) -> ExportReport:
         """Write every missing shard of this process's part; bad scenes are reported and skipped."""
         self.check()
+        jobs = self.jobs()  # bad --data fails here, before anything is written
         ensure_format(self.out)
-        jobs = self.jobs()
         stale = remove_stale_temporaries(self.out, [shard_name(s, r) for s, r in jobs])
         if stale:
             CONSOLE.log(f"Removed {stale} unfinished shard(s) left by an interrupted export")
@@ -390,7 +390,10 @@ class ExportSnapshotsConfig:
         num_views = draw_num_views(np.random.default_rng(seed), self.views_scale, self.min_views, self.max_views)
         run_dir = Path(self.work_dir or self.out / "runs")
         config = self.train_config(scene, name, self.parser_for(scene), num_views, seed, run_dir)
-        frames = load_scene_frames(scene, config.pipeline.datamanager.dataparser)  # the run's parser, overrides in
+        try:
+            frames = load_scene_frames(scene, config.pipeline.datamanager.dataparser)  # the run's parser, overrides in
+        except (ValueError, OSError) as err:  # bad files of this scene: named in the message, the others go on
+            raise SceneError(" ".join(str(err).split("\n"))) from err
         if frames.num_frames < num_views + 1:
             raise SceneError(
                 f"scene {scene}: {frames.num_frames} frames, need at least {num_views + 1} for {num_views} input "
@@ -513,7 +516,12 @@ class SummaryConfig:
     """Snapshot root written by `itergen export-snapshots`."""
 
     def main(self) -> int:
-        rows = summarize(self.root)
+        """Print the table; exit status 1 (one stderr line per shard) when some shard is corrupt."""
+        with warnings.catch_warnings(record=True) as problems:
+            warnings.simplefilter("always")
+            rows = summarize(self.root)
+        for problem in problems:
+            print(f"{problem.category.__name__}: {problem.message}", file=sys.stderr, flush=True)
         table = Table(title=f"snapshots in {self.root}")
         for col in ("shard", "scene", "frames", "inputs", "snapshots", "MB", "seconds"):
             table.add_column(col)
@@ -527,4 +535,4 @@ class SummaryConfig:
             f"{len(rows)} shards, {len({r.scene for r in rows})} scenes, {sum(r.snapshots for r in rows)} snapshots, "
             f"{sum(r.snapshots * r.frames for r in rows)} rendered frames, {sum(r.bytes for r in rows)} bytes"
         )
-        return 0
+        return 1 if problems else 0
