@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from itergen_ns.diffusion.data import _to_float_images
+from itergen_ns.diffusion.fileio import _pid_alive
 from itergen_ns.snapshots.format import SnapshotShard
 
 Encoder = Callable[[Tensor], Tensor]
@@ -70,6 +71,10 @@ def build_latent_cache(
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in cache_dir.glob(".tmp-*"):  # left by a killed run; a live writer's has a running pid
+            pid = stale.name.split("-")[1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                stale.unlink(missing_ok=True)
     out: List[ShardLatents] = []
     for shard in tqdm(shards, desc="encoding snapshot latents", disable=not progress, dynamic_ncols=True):
         file = cache_dir / f"{Path(shard.path).name}-{_cache_key(shard, hw, tag)}.pt" if cache_dir else None

@@ -11,9 +11,19 @@ Output directory layout::
     OUT/logs/                        tensorboard scalars
     OUT/validation/step_XXXXXXXX_*.{png,mp4}   render conditioning | sample | ground truth
 
-Checkpoints are written to a temporary directory and renamed into place. Resuming (``--resume latest`` or a
-checkpoint path) restores everything, and because training items and noise are pure functions of
-(seed, step, process), the resumed run continues exactly as the interrupted one would have.
+Checkpoints are written to a temporary directory and renamed into place (old ones are renamed away before
+they are deleted), so a killed run never leaves a half-written or half-deleted ``step_*`` behind. Resuming
+(``--resume latest`` or a checkpoint path) restores everything, and because training items and noise are pure
+functions of (seed, step, slot in the global batch), the resumed run continues exactly as the interrupted one
+would have.
+
+Several processes (``accelerate launch --num_processes N``): each process takes ``batch_size`` clips per
+micro-step, so an optimisation step sees ``batch_size x N x gradient_accumulation_steps`` clips.
+``--global-batch-size G`` fixes that number instead and sets the accumulation steps from the process count, so
+the same command trains the same model on 1 or N processes: micro-batch ``m`` of process ``p`` is slot
+``m * N + p`` of the step, and its clips and noise depend on the slot only (1 process accumulating 2 micro-steps
+and 2 processes gave the same loss curve, tests/test_multiprocess.py). A checkpoint resumes under any process
+count (the learning-rate schedule is re-aligned to the step).
 """
 
 from __future__ import annotations
@@ -70,11 +80,16 @@ class TrainDiffusionConfig:
     extra_maps: Tuple[str, ...] = ()
     """Extra UNet input maps, e.g. plucker."""
     resume: Optional[str] = None
-    """'latest' or a checkpoint directory to resume from."""
+    """'latest' or a checkpoint directory to resume from; 'auto': the latest checkpoint if there is one, else
+    start fresh (so the same command, rerun after a kill, resumes)."""
     max_steps: int = 2000
     batch_size: int = 1
     """Clips per process per micro-step."""
     gradient_accumulation_steps: int = 1
+    global_batch_size: Optional[int] = None
+    """Clips per optimisation step over all processes: sets gradient_accumulation_steps to
+    global_batch_size / (batch_size x processes), which must be a whole number. The same command then trains
+    the same model on 1 or N processes (e.g. 4 = 1 process accumulating 4 micro-steps = 4 GPUs)."""
     learning_rate: float = 1e-4
     lr_scheduler: str = "constant_with_warmup"
     lr_warmup_steps: int = 100
@@ -122,7 +137,8 @@ class TrainDiffusionConfig:
     """torch intra-op threads when training on CPU (0: torch's default). The tiny model's ops are too small for
     threads to pay off: on a busy 2-core machine 1 thread ran 15x faster than 2."""
     model_overrides: Dict[str, float] = field(default_factory=dict)
-    """Extra DiffusionModelConfig fields (API use)."""
+    """Extra DiffusionModelConfig fields (API use; on the command line whole numbers of int fields, e.g.
+    ``num_frames 4``, are passed as ints)."""
 
 
 @dataclass
@@ -135,7 +151,12 @@ class TrainResult:
 
 
 def build_model_config(cfg: TrainDiffusionConfig) -> DiffusionModelConfig:
-    overrides = dict(cfg.model_overrides)
+    int_fields = {f.name for f in dataclasses.fields(DiffusionModelConfig) if f.type in (int, "int")}
+    # the CLI parses model_overrides as floats: num_frames 4 arrives as 4.0 and would index arrays as a float
+    overrides = {
+        k: int(v) if k in int_fields and isinstance(v, float) and float(v).is_integer() else v
+        for k, v in cfg.model_overrides.items()
+    }
     if cfg.extra_maps:
         overrides["extra_maps"] = tuple(cfg.extra_maps)
     overrides["allow_download"] = cfg.allow_download
@@ -160,10 +181,27 @@ def _mixed_precision(choice: str) -> str:
 
 
 def step_generator(seed: int, step: int, micro_step: int, process: int, device: torch.device) -> torch.Generator:
-    """Noise source of one micro-step: a pure function of (seed, step, micro-step, process), so resuming is exact."""
+    """Noise source of one micro-step: a pure function of (seed, step, micro-step, process), so resuming is exact.
+
+    The trainer passes the micro-batch's slot in the global batch (``micro * num_processes + process``) as
+    ``micro_step`` and 0 as ``process``, so noise does not depend on how the global batch is split.
+    """
     gen = torch.Generator(device=device if device.type == "cuda" else "cpu")
     gen.manual_seed(((seed * 1_000_003 + step) * 1009 + micro_step) * 131 + process)
     return gen
+
+
+def accumulation_steps(cfg: TrainDiffusionConfig, num_processes: int) -> int:
+    """Gradient accumulation steps: ``cfg.gradient_accumulation_steps``, or derived from ``--global-batch-size``."""
+    if cfg.global_batch_size is None:
+        return cfg.gradient_accumulation_steps
+    per_micro = cfg.batch_size * num_processes
+    if cfg.global_batch_size < 1 or cfg.global_batch_size % per_micro:
+        raise ValueError(
+            f"--global-batch-size {cfg.global_batch_size} is not a multiple of --batch-size {cfg.batch_size} x "
+            f"{num_processes} process(es)"
+        )
+    return cfg.global_batch_size // per_micro
 
 
 def resolve_checkpoint(output_dir: Path, resume: str) -> Path:
@@ -192,6 +230,8 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         acc = self.accelerator
+        self.accumulation = accumulation_steps(cfg, acc.num_processes)
+        acc.gradient_accumulation_steps = self.accumulation
         if cfg.cpu_threads > 0 and acc.device.type == "cpu":
             torch.set_num_threads(cfg.cpu_threads)
         torch.manual_seed(cfg.seed)
@@ -302,6 +342,7 @@ class Trainer:
                 "by a run with the same --model and --model-overrides"
             ) from err
         self.step = int(state["step"])
+        self._align_lr_schedule()
         if state.get("vae_scaling_factor") is not None:
             self.model.vae.register_to_config(scaling_factor=state["vae_scaling_factor"])
         if state.get("vae_fitted"):
@@ -321,6 +362,26 @@ class Trainer:
                     f"{ckpt / TRAINER_STATE}: {key} is {state[key]}, but this run's model has {value} "
                     "(--model / --model-overrides); resume with the settings the checkpoint was trained with"
                 )
+
+    def _align_lr_schedule(self) -> None:
+        """Put the learning-rate schedule at ``self.step``: accelerate advances it once per process and step, so a
+        checkpoint written by N processes holds N x step, which is wrong under another process count."""
+        sched = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)
+        if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+            return
+        sched.last_epoch = self.step * self.accelerator.num_processes
+        groups = self.optimizer.param_groups
+        for group, fn, base in zip(groups, sched.lr_lambdas, sched.base_lrs):
+            group["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in groups]
+
+    def _remove_temporaries(self) -> None:
+        """Checkpoint temporaries of a killed run (half-written or half-deleted; never visible as step_*)."""
+        root = self.out / "checkpoints"
+        if self.accelerator.is_main_process and root.is_dir():
+            for p in root.iterdir():
+                if p.name.startswith((".tmp-step_", ".old-step_")):
+                    shutil.rmtree(p, ignore_errors=True)
 
     def save_checkpoint(self) -> Path:
         """accelerate.save_state into a temp dir, then rename; prune old checkpoints; export EMA weights to latest/."""
@@ -345,10 +406,10 @@ class Trainer:
             }
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
             if final.exists():
-                shutil.rmtree(final)
+                _remove_dir(final)
             os.rename(tmp, final)
             for old in sorted(root.glob("step_*"))[: -max(self.cfg.keep_checkpoints, 1)]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_dir(old)
             self.export(self.out / "latest")
         acc.wait_for_everyone()
         return final
@@ -369,8 +430,13 @@ class Trainer:
     def train(self) -> TrainResult:
         cfg, acc = self.cfg, self.accelerator
         vae_losses: List[float] = []
-        if cfg.resume:
-            ckpt = self.resume(cfg.resume)
+        self._remove_temporaries()
+        resume = cfg.resume
+        if resume == "auto":
+            has_checkpoint = any((c / TRAINER_STATE).exists() for c in (self.out / "checkpoints").glob("step_*"))
+            resume = "latest" if has_checkpoint else None
+        if resume:
+            ckpt = self.resume(resume)
             acc.print(f"resumed from {ckpt} at step {self.step}")
         elif self.vae_fitted:
             vae_losses = fit_vae(
@@ -385,7 +451,7 @@ class Trainer:
         self._cast_frozen()
         acc.init_trackers("itergen_diffusion", config={"model": cfg.model, "batch_size": cfg.batch_size})
 
-        per_step = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
+        per_step = cfg.batch_size * acc.num_processes * self.accumulation
         remaining = max(cfg.max_steps - self.step, 0)
         loader = DataLoader(
             self.dataset,
@@ -408,7 +474,8 @@ class Trainer:
         for batch in loader:
             if self.step >= cfg.max_steps:
                 break
-            gen = step_generator(cfg.seed, self.step, micro, acc.process_index, acc.device)
+            slot = micro * acc.num_processes + acc.process_index  # this micro-batch's place in the global batch
+            gen = step_generator(cfg.seed, self.step, slot, 0, acc.device)
             noise = self.render_noise
             if cfg.render_noise_random:
                 noise = torch.rand(cfg.batch_size, generator=gen, device=gen.device) * self.render_noise
@@ -456,6 +523,10 @@ class Trainer:
         bar.close()
         if not cfg.checkpoint_every or self.step % cfg.checkpoint_every:
             self.save_checkpoint()
+        elif not losses and acc.is_main_process:
+            # nothing left to train (resumed at the end): a run killed between its last checkpoint and the export
+            # left latest/ older than that checkpoint (or missing)
+            self.export(self.out / "latest")
         acc.end_training()
         return TrainResult(step=self.step, losses=losses, output_dir=self.out, vae_losses=vae_losses)
 
@@ -513,6 +584,14 @@ class Trainer:
                 acc.log({"val/mse": sum(mses) / len(mses), **gain}, step=self.step)
         acc.wait_for_everyone()
         return written
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename ``path`` to a hidden name, then delete it: a kill mid-delete leaves no half checkpoint visible."""
+    hidden = path.with_name(f".old-{path.name}")
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.rename(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def train(cfg: TrainDiffusionConfig) -> TrainResult:

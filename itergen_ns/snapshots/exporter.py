@@ -359,6 +359,9 @@ class ExportSnapshotsConfig:
         if stale:
             CONSOLE.log(f"Removed {stale} unfinished shard(s) left by an interrupted export")
         pending = [job for job in jobs if not shard_exists(self.out, shard_name(*job))]
+        if not self.keep_runs:  # a kill between a shard's commit and the removal of its run folder left it
+            for job in set(jobs) - set(pending):
+                shutil.rmtree(Path(self.work_dir or self.out / "runs") / shard_name(*job), ignore_errors=True)
         encoder = RenderLatentEncoder(self.latents_vae) if self.latents_vae is not None and pending else None
         report = ExportReport()
         columns = (TextColumn("[bold]export"), BarColumn(), TextColumn("{task.completed}/{task.total} shards"),
@@ -444,6 +447,10 @@ class ExportSnapshotsConfig:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 }
                 return writer.commit(meta)
+        except FileExistsError:
+            if shard_exists(self.out, name):  # an overlapping export into the same root finished it first
+                return None
+            raise
         finally:
             if not self.keep_runs:
                 shutil.rmtree(run_dir / name, ignore_errors=True)

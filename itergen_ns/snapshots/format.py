@@ -14,11 +14,14 @@ Layout of a snapshot root::
     ROOT/shards/<name>/render_latents.npy float16 [S, F, 4, h, w] optional VAE latents of the renders
 
 A shard directory is assembled under a hidden temporary name and renamed into place, so a shard either
-exists whole or not at all; ``.npy`` files are memory-mapped when read so large shards stay cheap.
+exists whole or not at all; ``.npy`` files are memory-mapped when read so large shards stay cheap. The writer
+holds an advisory lock (flock) on its temporary directory until it is done, so cleaning up after a killed
+export never deletes the temporary of a writer that is still running (the kernel drops a dead process's lock).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -113,17 +116,23 @@ class ShardWriter:
         self.tmp = self.final.parent / f".tmp-{name}-{os.getpid()}"
         self.nbytes = 0
         self.keys: set = set()
+        self._lock: Optional[int] = None
 
     def __enter__(self) -> "ShardWriter":
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
+        self._lock = os.open(self.tmp, os.O_RDONLY)  # "in use" for remove_stale_temporaries in other processes
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         # an exception, or leaving without commit(): nothing of this shard may stay behind
         if self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def save(self, key: str, arr: np.ndarray) -> None:
         np.save(self.tmp / f"{key}.npy", np.ascontiguousarray(arr))
@@ -143,7 +152,15 @@ class ShardWriter:
             raise ValueError(f"shard {self.name}: missing arrays {missing}")
         meta = dict(meta, format_version=FORMAT_VERSION, name=self.name, bytes=int(self.nbytes))
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.rename(self.tmp, self.final)
+        taken = FileExistsError(f"{self.final}: written meanwhile by another export into the same root")
+        if self.final.exists():
+            raise taken
+        try:
+            os.rename(self.tmp, self.final)
+        except OSError as err:  # the other writer's rename came first (ENOTEMPTY / EEXIST)
+            if self.final.exists():
+                raise taken from err
+            raise
         return self.final
 
 
@@ -160,7 +177,8 @@ def remove_stale_temporaries(root: Path, names: Optional[Iterable[str]] = None) 
     """Delete half-written shard dirs left by a killed export; returns how many were removed.
 
     ``names`` restricts this to the temporaries of those shards: processes exporting disjoint ``--shard i/n``
-    parts into one root must not delete each other's shards in flight.
+    parts into one root must not delete each other's shards in flight. A temporary whose writer is still
+    running (it holds the directory's lock) is never deleted, whatever ``names`` says.
     """
     shards = Path(root) / "shards"
     if not shards.exists():
@@ -171,9 +189,23 @@ def remove_stale_temporaries(root: Path, names: Optional[Iterable[str]] = None) 
         pattern = re.compile(r"^\.tmp-(.+)-\d+$")
         wanted = set(names)
         stale = [p for p in shards.iterdir() if (m := pattern.match(p.name)) and m.group(1) in wanted]
+    removed = 0
     for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return len(stale)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:  # gone meanwhile (its writer finished or another cleaner came first)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live writer's shard in flight
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
 
 
 @dataclass
