@@ -320,15 +320,15 @@ def test_disk_full_while_writing_a_shard(assets, tmp_path, monkeypatch):
 
 
 def test_make_scenes_one_scene_default_split(tmp_path, capsys):
-    """`--num-scenes 1` works: the default keeps one scene to train on (held-out = min(2, num_scenes - 1))."""
+    """`--num-scenes 1` works: the held-out default is min(2, num_scenes), so a lone scene is evaluable."""
     from itergen_ns.data.scenes import default_num_heldout, load_scene_index
 
-    assert [default_num_heldout(n) for n in (1, 2, 3, 10)] == [0, 1, 2, 2]
+    assert [default_num_heldout(n) for n in (1, 2, 3, 10)] == [1, 2, 2, 2]
     out = tmp_path / "one"
     code, lines = run_cli(["make-scenes", "--out-dir", str(out), "--num-scenes", "1", "--num-frames", "3", "3",
                            "--image-size", "16", "16", "--supersample", "1"], capsys)  # fmt: skip
     assert code == 0 and not lines, lines
-    assert [e["split"] for e in load_scene_index(out)["scenes"]] == ["train"]
+    assert [e["split"] for e in load_scene_index(out)["scenes"]] == ["heldout"]
 
 
 @pytest.fixture(scope="module")

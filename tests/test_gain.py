@@ -284,9 +284,13 @@ def test_seed_average_train_mean_and_overlap(heldout, two_seeds, tmp_path):
     assert rec["psnr"]["mean_frame"] == pytest.approx(np_psnr(train_mean[None], gt), abs=1e-4)
 
 
-def test_gain_needs_a_model(heldout, tmp_path):
+def test_gain_needs_a_model(heldout, tmp_path, capsys):
+    # the CLI reports input errors as one stderr line and exit status 1 (itergen_ns.errors); --debug re-raises
+    assert cli.main(["gain", "--data", str(heldout), "--output-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ValueError:") and "--checkpoint" in err[0]
     with pytest.raises(ValueError, match="--checkpoint"):
-        cli.main(["gain", "--data", str(heldout), "--output-dir", str(tmp_path)])
+        cli.main(["gain", "--data", str(heldout), "--output-dir", str(tmp_path), "--debug"])
 
 
 def test_trainer_logs_gain_and_gain_reads_its_checkpoint(heldout, tmp_path):

@@ -306,8 +306,9 @@ def make_scenes(
 
 
 def default_num_heldout(num_scenes: int, at_most: int = 2) -> int:
-    """Held-out scenes when none are asked for: ``at_most``, but always leaving one scene to train on."""
-    return max(0, min(at_most, num_scenes - 1))
+    """Held-out scenes when none are asked for: ``at_most``, or every scene of a smaller collection (so
+    ``--num-scenes 1`` gives a scene `itergen eval --data DIR` scores, as tests/test_bench_proxy.py pins)."""
+    return max(0, min(at_most, num_scenes))
 
 
 def split_of(index: int, num_scenes: int, num_val: int = 0, num_heldout: int = 0) -> str:
@@ -345,7 +346,7 @@ class MakeScenesConfig:
     """How many scenes (object instances with their own capture)."""
     num_heldout: Optional[int] = None
     """The last this many scenes are marked 'heldout' (what `itergen eval` scores), the rest 'train'; default
-    min(2, num-scenes - 1), so at least one scene is left to train on (`--num-scenes 1`: one train scene)."""
+    min(2, num-scenes) (`--num-scenes 1`: one held-out scene, evaluable by `itergen eval --data DIR`)."""
     num_val: int = 0
     """Scenes before the held-out ones marked 'val' (for tuning, never scored by `itergen eval`)."""
     seed: int = 0
