@@ -396,15 +396,7 @@ def test_ns_render_camera_path_from_a_viewer_json(method, trained, loaded, tools
 # --- ns-viewer ------------------------------------------------------------------------------------------------------
 
 
-VIEWER_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="ns-viewer of an itergen checkpoint: the viewer reads every property of the pipeline, and "
-    "IterGenDataManager.num_frames raises AttributeError when no generator is attached (ns-viewer loads in test "
-    "mode); fix it in itergen_ns/itergen/datamanager.py (fall back to None), then drop this mark",
-)
-
-
-@pytest.mark.parametrize("method", [METHODS[0], pytest.param(METHODS[1], marks=VIEWER_BUG)])
+@pytest.mark.parametrize("method", METHODS)
 def test_ns_viewer_serves_the_scene(method, trained, loaded, tools):
     from PIL import Image
 

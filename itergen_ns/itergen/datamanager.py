@@ -132,8 +132,11 @@ class IterGenDataManager(SparseViewDatamanager):
         return None if self._model_ref is None else self._model_ref.obj
 
     @property
-    def num_frames(self) -> int:
-        return self.config.num_generated_frames or self.generator.num_frames
+    def num_frames(self) -> Optional[int]:
+        """Frames per generated clip; None when no generator is attached (test mode, e.g. `ns-viewer`)."""
+        if self.config.num_generated_frames:
+            return self.config.num_generated_frames
+        return None if self.generator is None else self.generator.num_frames
 
     def _conditioning_inputs(self) -> Tuple[Float[Tensor, "C 3 H W"], Float[Tensor, "C 4 4"]]:
         """Input images framed to the generator's resolution (the one framing of exporter, eval and training
