@@ -8,6 +8,7 @@ traceback (``itergen_ns.errors``; ``ITERGEN_DEBUG=1`` keeps the traceback).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Type
@@ -38,7 +39,34 @@ SETUP_FILES = ("config.yml", "dataparser_transforms.json")
 
 
 class ItergenTrainer(Trainer):
-    """nerfstudio's Trainer; a set-up that fails on bad input (before any checkpoint) leaves no run folder behind."""
+    """nerfstudio's Trainer; a set-up that fails on bad input (before any checkpoint) leaves no run folder behind,
+    and checkpoints are written atomically (a kill mid-save never leaves a truncated ``step-*.ckpt``)."""
+
+    def save_checkpoint(self, step: int) -> None:
+        """nerfstudio 1.1.5's ``save_checkpoint`` (same contents, same clean-up), written to a hidden temporary
+        beside the checkpoint folder and renamed in: ``--load-dir`` lists every file of that folder, so no
+        temporary may ever be inside it."""
+        ckpt_dir = Path(self.checkpoint_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_path = ckpt_dir / f"step-{step:09d}.ckpt"
+        tmp = ckpt_dir.parent / f".{ckpt_path.name}.tmp-{os.getpid()}"
+        pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline  # type: ignore
+        state = {
+            "step": step,
+            "pipeline": pipeline.state_dict(),
+            "optimizers": {k: v.state_dict() for (k, v) in self.optimizers.optimizers.items()},
+            "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
+            "scalers": self.grad_scaler.state_dict(),
+        }
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, ckpt_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self.config.save_only_latest_checkpoint:
+            for f in ckpt_dir.glob("*.ckpt"):
+                if f != ckpt_path:
+                    f.unlink()
 
     def setup(self, *args, **kwargs) -> None:
         try:

@@ -376,6 +376,33 @@ def test_model_renders_and_trains_on_cpu_without_cuda_calls(scene, tmp_path, mon
         assert outputs[key].device.type == "cpu" and torch.isfinite(outputs[key]).all(), key
 
 
+def test_loading_a_checkpoint_keeps_the_parameters_the_optimizers_hold(scene, tmp_path):
+    """``ns-train --load-dir`` builds the optimizers, then loads: the loaded Gaussians (another count) must be the
+    very Parameters the optimizers step, with the checkpoint's values (nerfstudio 1.1.5 replaced them)."""
+    from nerfstudio.engine.optimizers import Optimizers
+
+    config = baseline_config(scene, tmp_path)
+    seed_everything(config.machine.seed)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    model = pipeline.model
+    optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
+    held = {name: opt.param_groups[0]["params"][0] for name, opt in optimizers.optimizers.items()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    keep = POINTS - 7  # a checkpoint after pruning
+    for name in model.gauss_params:
+        state[f"gauss_params.{name}"] = state[f"gauss_params.{name}"][:keep] + 0.5
+    model.load_state_dict(state)
+    assert model.num_points == keep
+    for name, param in model.gauss_params.items():
+        assert param is held[name], name
+        torch.testing.assert_close(param.detach(), state[f"gauss_params.{name}"])
+    loss = sum(p.sum() for p in model.gauss_params.values())
+    optimizers.zero_grad_all()
+    loss.backward()
+    optimizers.optimizer_step_all()
+    assert not torch.equal(model.means.detach(), state["gauss_params.means"])  # the loaded Gaussians train
+
+
 # --- the live viewer ----------------------------------------------------------------------------------------------
 
 

@@ -45,3 +45,39 @@ def test_train_baseline_passes_its_overrides(tmp_path: Path, monkeypatch) -> Non
     with pytest.raises(RuntimeError, match="stop before training"):
         cfg.main()
     assert seen["config"].pipeline.model.sh_degree == 2
+
+
+def test_checkpoints_are_written_atomically(tmp_path: Path, monkeypatch) -> None:
+    """A save killed mid-write leaves neither a truncated step-*.ckpt nor a temporary in the checkpoint folder
+    (``--load-dir`` parses every file name there); a finished save loads and prunes as nerfstudio's does."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from itergen_ns.method_configs import ItergenTrainer
+
+    param = torch.nn.Parameter(torch.arange(3.0))
+    opt = torch.optim.Adam([param])
+    trainer = SimpleNamespace(
+        checkpoint_dir=tmp_path / "run" / "nerfstudio_models",
+        pipeline=torch.nn.Linear(2, 2),
+        optimizers=SimpleNamespace(optimizers={"p": opt}, schedulers={}),
+        grad_scaler=torch.cuda.amp.GradScaler(enabled=False),
+        config=SimpleNamespace(save_only_latest_checkpoint=True),
+    )
+    ItergenTrainer.save_checkpoint(trainer, 10)
+    real_save = torch.save
+
+    def dies_mid_write(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        ItergenTrainer.save_checkpoint(trainer, 20)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(p.name for p in trainer.checkpoint_dir.iterdir()) == ["step-000000010.ckpt"]
+    assert not list((tmp_path / "run").glob(".*"))
+    assert torch.load(trainer.checkpoint_dir / "step-000000010.ckpt", weights_only=False)["step"] == 10
+    ItergenTrainer.save_checkpoint(trainer, 30)
+    assert sorted(p.name for p in trainer.checkpoint_dir.iterdir()) == ["step-000000030.ckpt"]

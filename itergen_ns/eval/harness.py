@@ -10,6 +10,7 @@ run leaves ``result.json`` + ``frames.npz`` and is skipped on a rerun, so the ha
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,9 @@ class EvalConfig:
         if masks is not None:
             for metrics, extra in zip(per_frame, object_scores(renders, targets, eval_idx, masks, silhouettes)):
                 metrics.update(extra)
-        np.savez_compressed(run_dir / "frames.npz", renders=renders, inputs=np.asarray(inputs))
+        tmp = run_dir / f".frames.tmp-{os.getpid()}.npz"  # atomic: a kill mid-write leaves no truncated frames.npz
+        np.savez_compressed(tmp, renders=renders, inputs=np.asarray(inputs))
+        tmp.replace(run_dir / "frames.npz")
         gt_file = self.output_dir / "runs" / scene.name / "ground_truth.npz"
         if not gt_file.exists():
             tmp = gt_file.with_name(".ground_truth.tmp.npz")

@@ -122,6 +122,23 @@ class IterGenSplatfactoModel(SplatfactoModel):
             "opacities": Parameter(torch.logit(0.1 * torch.ones(num_points, 1))),
         }
 
+    def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
+        """Splatfacto's checkpoint loading, but the Gaussians are resized *in place*.
+
+        nerfstudio 1.1.5's ``SplatfactoModel.load_state_dict`` replaces every Gaussian ``Parameter`` with a new
+        one of the checkpoint's size; ``ns-train --load-dir`` builds the optimizers before loading, so they
+        kept the old objects and a resumed run never trained again. Keeping the objects (new ``.data``) lets the
+        loaded Adam state (matched by position) land on the parameters the model renders with.
+        """
+        self.step = 30000  # as splatfacto: full SH degree until the first training callback sets the step
+        if "means" in dict:  # checkpoints of old nerfstudio versions (as splatfacto)
+            for p in ["means", "scales", "quats", "features_dc", "features_rest", "opacities"]:
+                dict[f"gauss_params.{p}"] = dict[p]
+        num_points = dict["gauss_params.means"].shape[0]
+        for param in self.gauss_params.values():
+            param.data = torch.zeros((num_points, *param.shape[1:]), device=param.device, dtype=param.dtype)
+        return super(SplatfactoModel, self).load_state_dict(dict, **kwargs)
+
     @property
     def lpips_model(self):
         """The frozen LPIPS network on this model's device, or None when its weights are not available."""
