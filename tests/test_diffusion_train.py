@@ -41,7 +41,9 @@ def orbit_c2w(n: int, radius: float = 2.0) -> np.ndarray:
     return out
 
 
-def make_shard(root: Path, name: str, frames: int = 12, steps: int = 2, seed: int = 0, latents: bool = False) -> Path:
+def make_shard(
+    root: Path, name: str, frames: int = 12, steps: int = 2, seed: int = 0, latents: bool = False, depths: bool = False
+) -> Path:
     """A synthetic shard: a coloured blob moving with the camera angle; renders are blurred/noisy versions."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:H, 0:W] / H
@@ -62,6 +64,9 @@ def make_shard(root: Path, name: str, frames: int = 12, steps: int = 2, seed: in
     }
     if latents:
         arrays["render_latents"] = rng.normal(size=(steps, frames, 4, 8, 8)).astype(np.float16)
+    if depths:  # a surface 2 units in front of every camera, none in the top rows
+        arrays["depths"] = np.full((steps, frames, H, W), 2.0, np.float16)
+        arrays["depths"][:, :, : H // 4] = 0
     return write_shard(root, name, arrays, {"scene": name, "num_frames": frames, "steps": arrays["steps"].tolist()})
 
 

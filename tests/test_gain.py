@@ -121,10 +121,11 @@ def test_batched_metrics_match_eval_metrics():
             assert float(ssim_frames(a, b)[i]) == pytest.approx(metrics.ssim(hwc(a), hwc(b)), abs=1e-5)
 
 
-def _record(step, views, render, sample, mean, nearest, first, ae=30.0):
+def _record(step, views, render, sample, mean, nearest, first, ae=30.0, warp=None):
     values = dict(
-        render=render, sample=sample, mean_frame=mean, nearest_input=nearest, first_input=first, autoencoder=ae
-    )
+        render=render, sample=sample, mean_frame=mean, nearest_input=nearest, first_input=first, autoencoder=ae,
+        warped_input=render if warp is None else warp,
+    )  # fmt: skip
     return {"step": step, "views": views, "psnr": values, "ssim": {k: v / 100 for k, v in values.items()}}
 
 

@@ -164,6 +164,60 @@ def test_training_caches_latents_learns_and_resumes(tmp_path):
     assert float(model.denoiser.unet.conv_out.weight.abs().sum()) > 0  # training moved the correction
 
 
+def test_warped_input_map_trains_from_cached_warps_and_samples_with_them(tmp_path):
+    """The "warped_input" map: shards with render depths give cached warp latents (the same as the dataset's
+    on-the-fly composites), a trained model needs warped_inputs at sampling, and an untrained one still returns
+    the render."""
+    from itergen_ns.diffusion.data import SnapshotClipDataset, _to_float_images, warp_composites
+    from itergen_ns.snapshots.format import load_shard
+
+    root = tmp_path / "snapshots"
+    for i in range(2):
+        make_shard(root, f"scene_{i}", frames=10, steps=2, seed=i, depths=True)
+    make_shard(root, "no_depths", frames=10, steps=2, seed=5)  # left out, with a warning naming the file
+    maps = ("plucker", "nearest_input", "warped_input")
+    with pytest.warns(UserWarning, match="no_depths.*depths.npy"):
+        ds = SnapshotClipDataset(root, 64, 64, G, 3, seed=1, warped_input=True)
+    assert len(ds.shards) == 2 and "warped" in ds[0]
+    shard = load_shard(root / "shards" / "scene_0")
+    warped = warp_composites(shard, 1, [0, 1, 2, 3], (64, 64))
+    renders = _to_float_images(shard.renders[1, :4], (64, 64))
+    torch.testing.assert_close(warped[:, :, :14], renders[:, :, :14])  # no surface (top quarter): the render
+    assert float((warped[:, :, 18:] - renders[:, :, 18:]).abs().mean()) > 0.01  # elsewhere the input is warped in
+
+    cfg = TrainDiffusionConfig(
+        data=root, output_dir=tmp_path / "run", model="taef2", max_steps=4, batch_size=2, learning_rate=1e-3,
+        lr_warmup_steps=0, checkpoint_every=4, validate_every=0, progress=False,
+        model_overrides={"num_frames": G, "extra_maps": maps},
+    )  # fmt: skip
+    from itergen_ns.diffusion.train import Trainer
+
+    with pytest.warns(UserWarning, match="no_depths"):
+        trainer = Trainer(cfg)
+    assert all(c.warped is not None and c.warped.shape == c.renders.shape for c in trainer.latent_cache)
+    enc = trainer.model.encode_latents(warped).half()
+    torch.testing.assert_close(trainer.latent_cache[0].warped[1, :4], enc, atol=1e-2, rtol=0)  # cache = composites
+    item = trainer.dataset[3]
+    assert "warped_latents" in item and "warped" not in item
+    assert trainer.train().step == 4
+    model = IterGenDiffusionModel.from_pretrained(tmp_path / "run" / "latest").eval()
+    assert model.config.extra_maps == maps and model.config.unet_in_channels == 32 * 4 + 6
+    pipe = IterGenVideoPipeline(model)
+    poses, intr = orbit(G + 1), torch.tensor([60.0, 60.0, 32.0, 32.0]).repeat(G, 1)
+    args = (smooth_images(G, 1), smooth_images(1, 2), poses[G:], poses[:G])
+    with pytest.raises(ValueError, match="warped_inputs"):
+        pipe(*args, num_inference_steps=2, target_intrinsics=intr)
+    out = pipe(*args, num_inference_steps=2, target_intrinsics=intr, warped_inputs=smooth_images(G, 3),
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert out.shape == (G, 3, 64, 64) and torch.isfinite(out).all()
+
+    untrained = IterGenDiffusionModel.from_config(small_taef2(extra_maps=maps)).eval()
+    out = IterGenVideoPipeline(untrained)(*args, num_inference_steps=2, target_intrinsics=intr,
+                                          warped_inputs=smooth_images(G, 3), generator=torch.Generator().manual_seed(0))
+    round_trip = untrained.decode_latents(untrained.encode_latents(args[0])[None])[0]
+    torch.testing.assert_close(out, round_trip, atol=2e-4, rtol=0)
+
+
 def test_fp16_save_loads_as_float32_and_matches(untrained, tmp_path):
     path = untrained.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
     assert untrained.denoiser.unet.conv_in.weight.dtype == torch.float32  # the saved copy was converted, not us

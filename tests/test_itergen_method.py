@@ -305,6 +305,29 @@ def test_plucker_model_trains_in_itergen(scene, tmp_path):
     assert dm.num_generations == 1 and dm.history[0].images.std() > 0.01
 
 
+def test_warped_input_model_trains_in_itergen(scene, tmp_path):
+    """A generator with the warped-input map gets the renders repainted by the nearest input through the current
+    model's depth: at an input camera itself the composite is that input wherever a surface is rendered."""
+    torch.manual_seed(0)
+    path = tmp_path / "warped"
+    maps = ("plucker", "nearest_input", "warped_input")
+    IterGenVideoPipeline(IterGenDiffusionModel.from_config(tiny_config(extra_maps=maps))).save_pretrained(path)
+    config = itergen_config(
+        scene, tmp_path / "run", steps=5, pipeline__generator__checkpoint=path,
+        pipeline__datamanager__async_generation=False, pipeline__datamanager__p_input=0.0,
+    )  # fmt: skip
+    trainer = train(config)
+    dm = trainer.pipeline.datamanager
+    assert dm.generator.needs_depth and dm.num_generations == 1 and dm.history[0].images.std() > 0.01
+    cameras = dm.generated_cameras(dm._input_poses[:, :3])
+    renders, depth = dm._render(cameras, with_depth=True)
+    assert depth is not None and float((depth > 0).float().mean()) > 0.2
+    warped = dm.warp_inputs(cameras, renders, depth)
+    seen = (depth > 0)[:, None].expand_as(warped)
+    assert float((warped - dm._input_images).abs()[seen].mean()) < 0.02
+    torch.testing.assert_close(warped[~seen], renders[~seen])
+
+
 def test_render_noise_override_changes_samples(scene, tmp_path):
     pipe = make_pipeline(scene, tmp_path, pipeline__generator__render_noise=0.0)
     gen, dm = pipe.generator, pipe.datamanager

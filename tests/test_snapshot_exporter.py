@@ -150,6 +150,13 @@ def test_index_and_arrays(exported, scenes: Path) -> None:
         assert shard.input_indices.shape == (c,) and len(set(shard.input_indices.tolist())) == c
         np.testing.assert_array_equal(shard.steps, [0, 20, 40, 60])
         assert shard.render_latents is None
+        # render depths: float16 view-axis distances, 0 only where nothing was rendered; on the input views at
+        # the last step a surface covers most pixels at about the camera's distance from the scene centre
+        assert shard.depths.dtype == np.float16 and shard.depths.shape == (4, FRAMES, SIZE, SIZE)
+        depth = np.asarray(shard.depths[-1, shard.input_indices], np.float32)
+        assert np.isfinite(depth).all() and depth.min() >= 0 and (depth > 0).mean() > 0.5
+        distance = np.median(np.linalg.norm(shard.c2w[shard.input_indices, :, 3], axis=1))
+        assert 0.5 * distance < np.median(depth[depth > 0]) < 1.5 * distance
         # ground truth is the scene's own pixels, in frame order
         for i in (0, FRAMES - 1):
             np.testing.assert_array_equal(shard.images[i], np.asarray(Image.open(scene / f"images/frame_{i:05d}.png")))

@@ -42,9 +42,11 @@ SVD_SCHEDULER_KWARGS: Dict[str, Any] = dict(
 )
 
 EXTRA_MAP_CHANNELS = {"plucker": 6}
-"""Extra per-frame maps of fixed width. "nearest_input" (the latent of the input view nearest each target
-camera, ``latent_channels`` wide) is separate: it is an input-view condition and is dropped with the inputs."""
-INPUT_MAPS = ("nearest_input",)
+"""Extra per-frame maps of fixed width. The input maps ("nearest_input": the latent of the input view nearest each
+target camera; "warped_input": the latent of the render with that input view's pixels warped in through the
+render's depth, ``itergen_ns.render.warp``; each ``latent_channels`` wide) are separate: they are input-view
+conditions and are dropped with the inputs."""
+INPUT_MAPS = ("nearest_input", "warped_input")
 OUTPUT_PARAMETERIZATIONS = ("v", "render_residual")
 
 # The tiny preset's CLIP and DINOv2 share one small ViT backbone (CLIP adds its projection head).
@@ -89,9 +91,10 @@ class DiffusionModelConfig:
     dino: ComponentSource
     scheduler: ComponentSource
     extra_maps: Tuple[str, ...] = ()
-    """Extra per-frame input maps after the render latent: "plucker" (6 ch., rays of the target camera) and/or
-    "nearest_input" (latent of the input view whose camera centre is nearest the target's; dropped with the
-    input views for classifier-free guidance)."""
+    """Extra per-frame input maps after the render latent: "plucker" (6 ch., rays of the target camera),
+    "nearest_input" (latent of the input view whose camera centre is nearest the target's) and/or
+    "warped_input" (latent of the render repainted with that input view warped through the render's depth;
+    needs render depths at sampling). The two input maps are dropped with the input views for guidance."""
     output_parameterization: str = "v"
     """"v": the paper's (SVD's) v-prediction. "render_residual" (a flagged departure, issue 14): the denoised
     estimate is ``render_latent + F`` with the UNet's last layer zero-initialised, so an untrained model returns
@@ -137,11 +140,16 @@ class DiffusionModelConfig:
 
     @property
     def input_map_channels(self) -> int:
-        return self.latent_channels if "nearest_input" in self.extra_maps else 0
+        return self.latent_channels * sum(name in self.extra_maps for name in INPUT_MAPS)
+
+    @property
+    def needs_depth(self) -> bool:
+        """Whether sampling needs render depths (the warped-input map)."""
+        return "warped_input" in self.extra_maps
 
     @property
     def unet_in_channels(self) -> int:
-        """Noisy latent + render latent + extra maps + nearest-input latent."""
+        """Noisy latent + render latent + extra maps + input-view latent maps."""
         return 2 * self.latent_channels + self.extra_channels + self.input_map_channels
 
     def validate(self) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from itergen_ns.data.framing import frame_image, frame_intrinsics
+from itergen_ns.render.warp import warp_nearest_input
 from itergen_ns.snapshots.format import SnapshotShard, list_shards, load_shard
 
 
@@ -33,6 +34,49 @@ def _to_float_images(arr: np.ndarray, hw: Tuple[int, int]) -> Tensor:
     (``itergen_ns.data.framing``: centred window of the output's aspect, resized with antialiasing)."""
     x = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
     return torch.stack([frame_image(img, hw) for img in x]).permute(0, 3, 1, 2).clamp(0, 1).contiguous()
+
+
+def _framed_depths(arr: np.ndarray, hw: Tuple[int, int]) -> Tensor:
+    """float16 depths [N, H, W] -> float [N, h, w], framed like the images (nearest: no depth is blended with
+    the 0 of "no surface")."""
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return torch.stack([frame_image(d[..., None], hw, mode="nearest")[..., 0] for d in x])
+
+
+def warp_composites(
+    shard: SnapshotShard, step_idx: int, frames: np.ndarray, hw: Tuple[int, int], inputs: Optional[np.ndarray] = None
+) -> Tensor:
+    """The renders of ``frames`` at snapshot ``step_idx`` repainted with the run's nearest input view warped
+    through the render depths (``itergen_ns.render.warp``), at model resolution: float [G, 3, h, w] in [0, 1].
+
+    Needs the shard's ``depths``; the input views are the run's own (``input_indices``, or ``inputs``), whose
+    depths at the same step give the occlusion test, exactly what itergen has at sampling time.
+    """
+    if shard.depths is None:
+        raise ValueError(f"{shard.path}: no depths.npy (export the snapshots again for the warped_input map)")
+    src_h, src_w = shard.images.shape[1:3]
+    inputs = np.asarray(shard.input_indices if inputs is None else inputs, dtype=np.int64)
+    if len(inputs) == 0:
+        inputs = np.asarray([0])
+    frames = np.asarray(frames, dtype=np.int64)
+
+    def intrinsics(idx: np.ndarray) -> Tensor:
+        return frame_intrinsics(torch.from_numpy(np.asarray(shard.intrinsics[idx], np.float32)), src_w, src_h, hw)
+
+    def c2w(idx: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.asarray(shard.c2w[idx], np.float32))
+
+    composite, _ = warp_nearest_input(
+        _to_float_images(shard.renders[step_idx, frames], hw),
+        _framed_depths(shard.depths[step_idx, frames], hw),
+        c2w(frames),
+        intrinsics(frames),
+        _to_float_images(shard.images[inputs], hw),
+        c2w(inputs),
+        intrinsics(inputs),
+        _framed_depths(shard.depths[step_idx, inputs], hw),
+    )
+    return composite
 
 
 class SnapshotClipDataset(Dataset):
@@ -51,9 +95,11 @@ class SnapshotClipDataset(Dataset):
         latent_shape: Optional[Tuple[int, int, int]] = None,
         use_render_latents: bool = True,
         length: int = 1_000_000,
+        warped_input: bool = False,
     ):
         """``latent_shape`` = (C, h, w) of the model; precomputed ``render_latents`` are used only if every shard
-        has them at exactly that shape (otherwise renders are encoded by the trainer)."""
+        has them at exactly that shape (otherwise renders are encoded by the trainer). ``warped_input``: serve
+        the warp composites of the "warped_input" map (every shard needs ``depths``)."""
         self.root = Path(root)
         self.hw = (height, width)
         self.num_frames = num_frames
@@ -62,6 +108,7 @@ class SnapshotClipDataset(Dataset):
         self.frame_stride = (int(frame_stride[0]), int(max(frame_stride)))
         self.extra_input_prob = extra_input_prob
         self.length = length
+        self.warped_input = warped_input
         self.shards: List[SnapshotShard] = []
         min_span = (num_frames - 1) * self.frame_stride[0] + 1
         skipped: List[str] = []  # why shards were left out: warnings, or the error's reason if none is left
@@ -80,6 +127,9 @@ class SnapshotClipDataset(Dataset):
                 continue
             if len(shard.steps) == 0:
                 skipped.append(f"skipping snapshot shard {path}: no snapshot steps")
+                continue
+            if warped_input and shard.depths is None:
+                skipped.append(f"skipping snapshot shard {path}: no depths.npy (needed by the warped_input map)")
                 continue
             self.shards.append(shard)
         if not self.shards:
@@ -154,8 +204,12 @@ class SnapshotClipDataset(Dataset):
             input_latents = torch.zeros(k, *cached.frames.shape[1:])
             input_latents[: len(views)] = cached.frames[views].float()
             item["input_latents"] = input_latents
+            if cached.warped is not None:
+                item["warped_latents"] = cached.warped[step_idx, frames].float()
         elif self.use_render_latents:
             item["render_latents"] = torch.from_numpy(np.asarray(shard.render_latents[step_idx, frames], np.float32))
+        if self.warped_input and "warped_latents" not in item:
+            item["warped"] = warp_composites(shard, step_idx, frames, self.hw)
         return item
 
     def _clip_indices(self, rng: np.random.Generator, num_frames: int) -> np.ndarray:

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from itergen_ns.diffusion.data import _to_float_images
+from itergen_ns.diffusion.data import _to_float_images, warp_composites
 from itergen_ns.diffusion.fileio import _pid_alive
 from itergen_ns.snapshots.format import SnapshotShard
 
@@ -36,6 +37,8 @@ class ShardLatents:
 
     frames: Float[Tensor, "N C h w"]
     renders: Float[Tensor, "S N C h w"]
+    warped: Optional[Float[Tensor, "S N C h w"]] = None
+    """Latents of the warp composites (render + nearest input warped in), for the "warped_input" map."""
 
 
 def _cache_key(shard: SnapshotShard, hw: Tuple[int, int], tag: str) -> str:
@@ -43,8 +46,11 @@ def _cache_key(shard: SnapshotShard, hw: Tuple[int, int], tag: str) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
-def encode_shard(shard: SnapshotShard, hw: Tuple[int, int], encode: Encoder, chunk: int = 64) -> ShardLatents:
-    """Encode one shard's frames and renders (framed like the dataset) with ``encode``."""
+def encode_shard(
+    shard: SnapshotShard, hw: Tuple[int, int], encode: Encoder, chunk: int = 64, warped: bool = False
+) -> ShardLatents:
+    """Encode one shard's frames and renders (framed like the dataset) with ``encode``; with ``warped``, also
+    the warp composites of every frame at every step."""
 
     def run(arr) -> Tensor:
         out = [encode(_to_float_images(arr[i : i + chunk], hw)).half() for i in range(0, len(arr), chunk)]
@@ -53,7 +59,14 @@ def encode_shard(shard: SnapshotShard, hw: Tuple[int, int], encode: Encoder, chu
     frames = run(shard.images)
     steps, n = shard.renders.shape[:2]
     renders = run(shard.renders.reshape(steps * n, *shard.renders.shape[2:]))
-    return ShardLatents(frames=frames, renders=renders.reshape(steps, n, *renders.shape[1:]))
+    warped_latents = None
+    if warped:
+        everything = np.arange(n)
+        warped_latents = torch.stack(
+            [torch.cat([encode(warp_composites(shard, s, everything[i : i + chunk], hw)).half()
+                        for i in range(0, n, chunk)]) for s in range(steps)]  # fmt: skip
+        )
+    return ShardLatents(frames=frames, renders=renders.reshape(steps, n, *renders.shape[1:]), warped=warped_latents)
 
 
 def build_latent_cache(
@@ -63,11 +76,14 @@ def build_latent_cache(
     tag: str,
     cache_dir: Optional[Path] = None,
     progress: bool = True,
+    warped: bool = False,
 ) -> List[ShardLatents]:
     """Latents of every shard, read from ``cache_dir`` where a matching file exists, encoded (and saved) otherwise.
 
-    ``tag`` names the encoder (e.g. the VAE source and latent shape) so a cache of another model is never used.
+    ``tag`` names the encoder (e.g. the VAE source and latent shape) so a cache of another model is never used;
+    ``warped`` adds the warp composites' latents (part of the cache key).
     """
+    tag = f"{tag}|warped" if warped else tag
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -80,12 +96,15 @@ def build_latent_cache(
         file = cache_dir / f"{Path(shard.path).name}-{_cache_key(shard, hw, tag)}.pt" if cache_dir else None
         if file is not None and file.exists():
             data = torch.load(file, weights_only=True)
-            out.append(ShardLatents(frames=data["frames"], renders=data["renders"]))
+            out.append(ShardLatents(frames=data["frames"], renders=data["renders"], warped=data.get("warped")))
             continue
-        latents = encode_shard(shard, hw, encode)
+        latents = encode_shard(shard, hw, encode, warped=warped)
         if file is not None:
             tmp = file.with_name(f".tmp-{os.getpid()}-{file.name}")
-            torch.save({"frames": latents.frames, "renders": latents.renders}, tmp)
+            data = {"frames": latents.frames, "renders": latents.renders}
+            if latents.warped is not None:
+                data["warped"] = latents.warped
+            torch.save(data, tmp)
             os.replace(tmp, file)
         out.append(latents)
     return out

@@ -98,9 +98,9 @@ class Conditioning:
     """Input-view poses relative to the first generated frame."""
     view_mask: Bool[Tensor, "B K"]
     added_time_ids: Float[Tensor, "B 3"]
-    input_map: Optional[Float[Tensor, "B G C h w"]] = None
-    """Latent of the nearest input view per target frame in UNet-input units ("nearest_input"; zeros where the
-    input views are dropped)."""
+    input_map: Optional[Float[Tensor, "B G M h w"]] = None
+    """Input-view latent maps per target frame in UNet-input units, concatenated on channels ("nearest_input",
+    then "warped_input"; zeros where the input views are dropped)."""
     render_base: Optional[Float[Tensor, "B G C h w"]] = None
     """Clean scaled render latents: the identity the ``render_residual`` output starts from. Kept in every
     guidance branch (guidance then acts on the corrections only)."""
@@ -430,6 +430,7 @@ class IterGenDiffusionModel(nn.Module):
         generator: Optional[torch.Generator],
         target_intrinsics: Optional[Float[Tensor, "B G 4"]] = None,
         input_latents: Optional[Float[Tensor, "B K C h w"]] = None,
+        warped_latents: Optional[Float[Tensor, "B G C h w"]] = None,
     ) -> Conditioning:
         """Build the full (undropped) conditioning of a batch of clips.
 
@@ -437,7 +438,8 @@ class IterGenDiffusionModel(nn.Module):
         poses; ``input_*`` are padded to ``max_input_views`` slots; poses are 4x4 (or 3x4) OpenGL c2w;
         ``target_intrinsics`` (fx, fy, cx, cy at model resolution) are needed only for Plücker extra maps;
         ``input_latents`` (scaled latents of the input images, e.g. from a training cache) spare encoding them
-        for the "nearest_input" map.
+        for the "nearest_input" map; ``warped_latents`` (scaled latents of the warp composites,
+        :func:`itergen_ns.render.warp.warp_nearest_input`) are required for the "warped_input" map.
         """
         device = self.device
         b, g = render_latents.shape[:2]
@@ -462,14 +464,18 @@ class IterGenDiffusionModel(nn.Module):
             extras = plucker_rays(
                 rel_targets, target_intrinsics.to(device, torch.float32), (self.height, self.width), self.latent_hw
             )
-        input_map = None
+        maps = []
         if "nearest_input" in self.config.extra_maps:
             if input_latents is None:
                 k = input_images.shape[1]
                 flat = self.resize(input_images.flatten(0, 1).to(device).float())
                 input_latents = self.encode_latents(flat).reshape(b, k, *render_latents.shape[2:])
-            input_map = nearest_input_latents(input_latents.to(device, torch.float32), mask, input_poses, target_poses)
-            input_map = input_map / self.scaling_factor
+            maps.append(nearest_input_latents(input_latents.to(device, torch.float32), mask, input_poses, target_poses))
+        if "warped_input" in self.config.extra_maps:
+            if warped_latents is None:
+                raise ValueError("extra_maps 'warped_input' needs warped_latents (render depths at sampling time)")
+            maps.append(warped_latents.to(device, torch.float32))
+        input_map = torch.cat(maps, dim=2) / self.scaling_factor if maps else None
         time_ids = torch.stack(
             [
                 torch.full((b,), float(self.config.fps_id), device=device),
@@ -520,6 +526,7 @@ class IterGenDiffusionModel(nn.Module):
             generator,
             batch.get("target_intrinsics"),
             batch.get("input_latents"),
+            self._warped_latents(batch, x0.shape),
         )
         u = rand((b,), generator, device)
         drop_in = u < drop_inputs
@@ -541,6 +548,14 @@ class IterGenDiffusionModel(nn.Module):
             loss = F.mse_loss(pred.float(), edm.v_target(x0, x, sigma))
         logs = {"sigma_mean": float(sigma.mean()), "dropped_3d": float((drop_r | drop_all).float().mean())}
         return loss, logs
+
+    def _warped_latents(self, batch: Dict[str, Tensor], shape) -> Optional[Tensor]:
+        """Scaled latents of the batch's warp composites: cached ("warped_latents") or encoded ("warped")."""
+        if "warped_latents" in batch:
+            return batch["warped_latents"].to(self.device, torch.float32)
+        if "warped" in batch:
+            return self.encode_latents(batch["warped"].flatten(0, 1).to(self.device)).reshape(shape)
+        return None
 
     def _sigma_range(self) -> Tuple[float, float]:
         return float(self.scheduler_config.get("sigma_min") or 0.002), float(

@@ -84,12 +84,15 @@ class IterGenVideoPipeline:
         target_intrinsics: Optional[Float[Tensor, "G 4"]] = None,
         output_type: str = "pt",
         start_sigma: Optional[float] = None,
+        warped_inputs: Optional[Float[Tensor, "G 3 H W"]] = None,
     ) -> Float[Tensor, "G 3 H W"]:
         """Generate G frames at ``target_poses`` given renders of the current 3D state there and C input views.
 
         ``renders`` and ``input_images`` are float RGB in [0, 1]; poses are OpenGL camera-to-world (4x4 or
         3x4). Renders are resized to the model resolution and the result back to the renders' resolution.
-        ``target_intrinsics`` (fx, fy, cx, cy in pixels of ``renders``) are required only for Plücker maps.
+        ``target_intrinsics`` (fx, fy, cx, cy in pixels of ``renders``) are required only for Plücker maps;
+        ``warped_inputs`` (the renders with the nearest input warped in through the render depth,
+        :func:`itergen_ns.render.warp.warp_nearest_input`) only for models with the "warped_input" map.
         G may differ from ``num_frames`` (the temporal layers take any length; quality is best at the trained
         length). Defaults for steps / scales / render noise come from the model's :class:`SamplingConfig`. Returns images in [0, 1]
         on the renders' device, or the final latents when ``output_type="latent"``.
@@ -126,6 +129,14 @@ class IterGenVideoPipeline:
             intrinsics = (target_intrinsics.float() * scale)[None]
 
         render_latents = model.encode_latents(model.resize(renders.to(device).float()))[None]
+        warped_latents = None
+        if cfg.needs_depth:
+            if warped_inputs is None or warped_inputs.shape != renders.shape:
+                raise ValueError(
+                    "this model conditions on the warped input view (extra_maps 'warped_input'): pass "
+                    f"warped_inputs shaped like the renders {tuple(renders.shape)} (see itergen_ns.render.warp)"
+                )
+            warped_latents = model.encode_latents(model.resize(warped_inputs.to(device).float()))[None]
         padded = torch.zeros(1, k, 3, *input_images.shape[-2:], device=device)
         padded[0, :c] = input_images.to(device).float()
         poses = torch.eye(4, device=device).repeat(1, k, 1, 1)
@@ -141,6 +152,7 @@ class IterGenVideoPipeline:
             noise_level,
             generator,
             intrinsics,
+            warped_latents=warped_latents,
         )
         branches = guidance_branches(g3, gi)
         batched = Conditioning.cat([cond.branch(name) for name in branches]).as_kwargs()

@@ -298,6 +298,7 @@ class Trainer:
             latent_shape=(m.latent_channels, *m.latent_hw),
             use_render_latents=cfg.use_render_latents and not self._vae_fit_steps(),
             length=length,
+            warped_input=m.config.needs_depth,
         )
 
     def _build_latent_cache(self):
@@ -312,6 +313,7 @@ class Trainer:
             tag,
             cache_dir=self.out / "latent_cache" if self.accelerator.is_main_process else None,
             progress=self.cfg.progress and self.accelerator.is_local_main_process,
+            warped=m.config.needs_depth,
         )
 
     def _vae_fit_steps(self) -> int:

@@ -11,7 +11,10 @@ no 3D knowledge are scored on the same frames:
 - ``nearest_input``: the conditioning input view nearest to the target camera (camera-centre distance, or
   viewing-direction angle with ``--nearest-by angle``);
 - ``first_input``: a copy of the first input view;
-- ``autoencoder``: the ground truth encoded and decoded by the model's VAE, the ceiling for any sample.
+- ``autoencoder``: the ground truth encoded and decoded by the model's VAE, the ceiling for any sample;
+- ``warped_input``: the render repainted with the nearest input view warped in through the render's depth
+  (``itergen_ns.render.warp``; what the "warped_input" map conditions on), equal to the render for shards
+  exported without depths.
 
 Reported per snapshot step and input-view count: PSNR/SSIM of each predictor, the generator gain
 (sample − render) and the margin of the sample over the better trivial predictor (at 1 view a copy of the
@@ -43,13 +46,13 @@ from torch import Tensor
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from itergen_ns.diffusion.data import _to_float_images
+from itergen_ns.diffusion.data import _to_float_images, warp_composites
 from itergen_ns.itergen.generator import GeneratorConfig
 from itergen_ns.snapshots.format import SnapshotShard, atomic_write_text, list_shards, load_shard
 
 PSNR_CAP = 100.0
 """PSNR of identical images (MSE floored at 1e-10), so that means over frames stay finite."""
-PREDICTORS = ("render", "sample", "mean_frame", "nearest_input", "first_input", "autoencoder")
+PREDICTORS = ("render", "sample", "mean_frame", "nearest_input", "first_input", "autoencoder", "warped_input")
 TRIVIAL = ("mean_frame", "nearest_input", "first_input")
 METRICS = ("psnr", "ssim")
 
@@ -374,7 +377,10 @@ def run_gain(cfg: GainConfig) -> Dict[str, Any]:
                 for si in step_positions:
                     step = int(shard.steps[si])
                     renders = _to_float_images(shard.renders[si, window], hw)
-                    per = {"render": frame_metrics(renders, gt), **fixed}
+                    warped = renders if shard.depths is None else warp_composites(shard, si, window, hw, views)
+                    if shard.depths is not None:
+                        extra["warped_inputs"] = warped
+                    per = {"render": frame_metrics(renders, gt), "warped_input": frame_metrics(warped, gt), **fixed}
                     seed_metrics = []
                     for k, seed in enumerate(cfg.seeds):
                         progress.update(task, description=f"{shard.path.name} step {step} clip {ci + 1}/{len(clips)}")
@@ -484,7 +490,8 @@ def _to_4x4(c2w: Float[np.ndarray, "N 3 4"]) -> Float[Tensor, "N 4 4"]:
 def print_tables(groups: List[Dict[str, Any]], title: str = "generator gain") -> None:
     """One rich table per metric: each predictor's mean, the gain over the render and the margin over the best
     trivial predictor (named in "vs"); subtotal rows that repeat a single step or view count are left out."""
-    short = {"mean_frame": "mean", "nearest_input": "nearest", "first_input": "first", "autoencoder": "AE"}
+    short = {"mean_frame": "mean", "nearest_input": "nearest", "first_input": "first", "autoencoder": "AE",
+             "warped_input": "warp"}  # fmt: skip
     num_steps = len({g["step"] for g in groups} - {"all"})
     num_views = len({g["views"] for g in groups} - {"all"})
     shown = [
@@ -515,7 +522,8 @@ def print_tables(groups: List[Dict[str, Any]], title: str = "generator gain") ->
         CONSOLE.print(table)
     CONSOLE.print(
         "gain = sample - render; margin = sample - best trivial predictor (mean training frame, nearest or first "
-        "input view); AE = ground truth through the model's autoencoder (ceiling); non-input frames only"
+        "input view); AE = ground truth through the model's autoencoder (ceiling); warp = the render with the nearest "
+        "input warped in through its depth; non-input frames only"
     )
 
 

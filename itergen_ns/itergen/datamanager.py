@@ -28,7 +28,8 @@ from itergen_ns.data.datamanager import SparseViewDatamanager, SparseViewDataman
 from itergen_ns.data.framing import frame_cameras, frame_image
 from itergen_ns.itergen.pose_sampler import PoseSampler, PoseSamplerConfig
 from itergen_ns.models.itergen_model import GENERATED_KEY
-from itergen_ns.training.frames import eval_mode, render_rgb
+from itergen_ns.render.warp import warp_nearest_input
+from itergen_ns.training.frames import eval_mode, render_rgb, render_rgb_depth
 
 
 @dataclass
@@ -168,17 +169,61 @@ class IterGenDataManager(SparseViewDatamanager):
     @torch.no_grad()
     def render_clip(self, cameras: Cameras) -> Float[Tensor, "G 3 H W"]:
         """Render the current 3D model at every camera of a clip (eval mode: fixed background, no densify)."""
-        with eval_mode(self.model):
-            return torch.stack([render_rgb(self.model, cameras, i).permute(2, 0, 1).cpu() for i in range(cameras.shape[0])])
+        return self._render(cameras, with_depth=False)[0]
 
-    def _sample(self, step: int, poses: Tensor, cameras: Cameras, renders: Tensor, seed: int) -> GeneratedClip:
+    def _render(self, cameras: Cameras, with_depth: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """RGB [G, 3, H, W] and, ``with_depth``, surface depth [G, H, W] of every camera (one pass)."""
+        rgbs, depths = [], []
+        with torch.no_grad(), eval_mode(self.model):
+            for i in range(cameras.shape[0]):
+                if with_depth:
+                    rgb, depth = render_rgb_depth(self.model, cameras, i)
+                    depths.append(depth.cpu())
+                else:
+                    rgb = render_rgb(self.model, cameras, i)
+                rgbs.append(rgb.permute(2, 0, 1).cpu())
+        return torch.stack(rgbs), (torch.stack(depths) if with_depth else None)
+
+    @torch.no_grad()
+    def warp_inputs(
+        self, cameras: Cameras, renders: Float[Tensor, "G 3 H W"], depth: Float[Tensor, "G H W"]
+    ) -> Float[Tensor, "G 3 H W"]:
+        """The clip's renders with the nearest input view warped in through the current model's depth (for
+        generators with the "warped_input" map); the input views' depths (occlusion test) are rendered here."""
+        inputs = frame_cameras(self.train_dataset.cameras, (self.generator.height, self.generator.width))
+        input_depth = self._render(inputs, with_depth=True)[1]
+
+        def intrinsics(cams: Cameras) -> Tensor:
+            return torch.cat([cams.fx, cams.fy, cams.cx, cams.cy], dim=-1).float().cpu()
+
+        composite, _ = warp_nearest_input(
+            renders,
+            depth,
+            cameras.camera_to_worlds.float().cpu(),
+            intrinsics(cameras),
+            self._input_images,
+            self._input_poses,
+            intrinsics(inputs),
+            input_depth,
+        )
+        return composite
+
+    def _sample(
+        self, step: int, poses: Tensor, cameras: Cameras, renders: Tensor, seed: int, warped: Optional[Tensor] = None
+    ) -> GeneratedClip:
         start = time.perf_counter()
         target = to_4x4(poses.float())
         intrinsics = None
         if self.generator.needs_intrinsics:
             intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1).float()
         images = self.generator.sample(
-            renders, self._input_images, self._input_poses, target, seed=seed, target_intrinsics=intrinsics
+            renders,
+            self._input_images,
+            self._input_poses,
+            target,
+            seed=seed,
+            target_intrinsics=intrinsics,
+            warped_inputs=warped,
         )
         self.timings["generate"] += time.perf_counter() - start
         return GeneratedClip(step=step, poses=poses, renders=renders, images=images.float().clamp(0, 1).cpu(), cameras=cameras)
@@ -187,16 +232,18 @@ class IterGenDataManager(SparseViewDatamanager):
         """Render the current 3D state at ``poses`` now, and sample there (now, or in the worker)."""
         cameras = self.generated_cameras(poses)
         start = time.perf_counter()
-        renders = self.render_clip(cameras)
+        needs_depth = bool(getattr(self.generator, "needs_depth", False))
+        renders, depth = self._render(cameras, with_depth=needs_depth)
+        warped = self.warp_inputs(cameras, renders, depth) if needs_depth else None
         self.timings["render"] += time.perf_counter() - start
         seed = self.seed * 100003 + self.num_generations
         self.num_generations += 1
         if run_async:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itergen-generator")
-            self._pending = self._executor.submit(self._sample, step, poses, cameras, renders, seed)
+            self._pending = self._executor.submit(self._sample, step, poses, cameras, renders, seed, warped)
         else:
-            self._add_to_pool(self._sample(step, poses, cameras, renders, seed))
+            self._add_to_pool(self._sample(step, poses, cameras, renders, seed, warped))
 
     def one_shot_num_clips(self) -> int:
         """Clips an iterative run of ``planned_steps`` steps would generate (one per ``generate_every`` steps)."""

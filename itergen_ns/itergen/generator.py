@@ -129,6 +129,11 @@ class Generator:
         return "plucker" in self.pipe.model.config.extra_maps
 
     @property
+    def needs_depth(self) -> bool:
+        """Whether samples need the warp composites of render depths ("warped_input" map)."""
+        return bool(self.pipe.model.config.needs_depth)
+
+    @property
     def clip_statistics(self):
         """The training clips' camera motion (:class:`ClipStatistics`), or None for an untrained model."""
         return self.pipe.model.config.clip_statistics
@@ -147,10 +152,12 @@ class Generator:
         target_poses: Float[Tensor, "G 4 4"],
         seed: int = 0,
         target_intrinsics: Optional[Float[Tensor, "G 4"]] = None,
+        warped_inputs: Optional[Float[Tensor, "G 3 H W"]] = None,
     ) -> Float[Tensor, "G 3 H W"]:
         """Sample G target images in [0, 1] conditioned on renders at ``target_poses`` and the inputs.
 
-        ``target_intrinsics`` (fx, fy, cx, cy in pixels of ``renders``) are needed by models with Plücker maps.
+        ``target_intrinsics`` (fx, fy, cx, cy in pixels of ``renders``) are needed by models with Plücker maps,
+        ``warped_inputs`` (:func:`itergen_ns.render.warp.warp_nearest_input`) by models with the warped-input map.
         """
         rng = torch.Generator(device=self.device).manual_seed(int(seed))
         kwargs = dict(
@@ -161,6 +168,7 @@ class Generator:
             start_sigma=self.sampling.start_sigma,
             generator=rng,
             target_intrinsics=target_intrinsics,
+            warped_inputs=warped_inputs,
         )
         if self._stream is None:
             return self.pipe(renders, input_images, input_poses, target_poses, **kwargs).float().cpu()

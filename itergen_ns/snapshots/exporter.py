@@ -413,9 +413,12 @@ class ExportSnapshotsConfig:
                 if frames.masks is not None:
                     writer.save("masks", frames.masks)
                 renders = writer.open("renders", (len(steps), frames.num_frames, *frames.size, 3), np.uint8)
-                model, inputs = self._train_and_render(config, frames, renders, steps, num_views)
+                depths = writer.open("depths", (len(steps), frames.num_frames, *frames.size), np.float16)
+                model, inputs = self._train_and_render(config, frames, renders, depths, steps, num_views)
                 writer.save("input_indices", np.asarray(inputs, dtype=np.int64))
                 renders.flush()
+                depths.flush()
+                del depths
                 if encoder is not None:
                     latents = writer.open("render_latents", (len(steps), frames.num_frames, *encoder.shape), np.float16)
                     for k in range(len(steps)):
@@ -481,8 +484,11 @@ class ExportSnapshotsConfig:
         manager.dataparser.input_views = manager.input_views
         return config
 
-    def _train_and_render(self, config, frames: SceneFrames, renders: np.ndarray, steps: List[int], num_views: int):
-        """Run the training with snapshot callbacks; returns (model, input indices)."""
+    def _train_and_render(
+        self, config, frames: SceneFrames, renders: np.ndarray, depths: np.ndarray, steps: List[int], num_views: int
+    ):
+        """Run the training with snapshot callbacks (renders and surface depths of every frame at every snapshot
+        step); returns (model, input indices)."""
         state: Dict[str, object] = {}
 
         def on_setup(trainer) -> None:
@@ -493,7 +499,8 @@ class ExportSnapshotsConfig:
                                    f"{len(state['inputs'])}")  # fmt: skip
 
         def snapshot(step: int) -> None:
-            render_all_frames(state["model"], frames.cameras, renders[steps.index(step)])
+            k = steps.index(step)
+            render_all_frames(state["model"], frames.cameras, renders[k], depth_out=depths[k])
 
         callback = TrainingCallback(
             [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], snapshot, update_every_num_iters=self.every
@@ -501,7 +508,7 @@ class ExportSnapshotsConfig:
         train(config, [callback], on_setup=on_setup)
         model = state["model"]
         model.step = self.max_steps  # the state after max_steps steps (SH degree schedule as during training)
-        render_all_frames(model, frames.cameras, renders[-1])
+        render_all_frames(model, frames.cameras, renders[-1], depth_out=depths[-1])
         return model, list(state["inputs"])
 
 

@@ -12,6 +12,8 @@ Layout of a snapshot root::
     ROOT/shards/<name>/renders.npy      uint8   [S, F, H, W, 3] renders of the run at every frame
     ROOT/shards/<name>/masks.npy        uint8   [F, H, W]     optional foreground masks (255 = object)
     ROOT/shards/<name>/render_latents.npy float16 [S, F, 4, h, w] optional VAE latents of the renders
+    ROOT/shards/<name>/depths.npy       float16 [S, F, H, W]  optional render depth (view-axis distance; 0 = no
+                                                              surface: accumulated opacity < 0.5)
 
 A shard directory is assembled under a hidden temporary name and renamed into place, so a shard either
 exists whole or not at all; ``.npy`` files are memory-mapped when read so large shards stay cheap. The writer
@@ -36,7 +38,7 @@ import numpy as np
 FORMAT_NAME = "itergen-snapshots"
 FORMAT_VERSION = 1
 REQUIRED_ARRAYS = ("images", "c2w", "intrinsics", "input_indices", "steps", "renders")
-OPTIONAL_ARRAYS = ("masks", "render_latents")
+OPTIONAL_ARRAYS = ("masks", "render_latents", "depths")
 
 
 def payload_bytes(
@@ -47,6 +49,7 @@ def payload_bytes(
     num_inputs: int,
     masks: bool = False,
     latent_shape: Optional[Tuple[int, int, int]] = None,
+    depths: bool = False,
 ) -> int:
     """Bytes of a shard's arrays (what ``meta["bytes"]`` records; .npy headers and meta.json add ~1 KB).
 
@@ -59,6 +62,8 @@ def payload_bytes(
         total += num_frames * height * width
     if latent_shape is not None:
         total += num_steps * num_frames * int(np.prod(latent_shape)) * 2  # float16
+    if depths:
+        total += num_steps * num_frames * height * width * 2  # float16
     return int(total)
 
 
@@ -222,6 +227,7 @@ class SnapshotShard:
     renders: np.ndarray
     masks: Optional[np.ndarray] = None
     render_latents: Optional[np.ndarray] = None
+    depths: Optional[np.ndarray] = None
 
     @property
     def num_frames(self) -> int:
@@ -278,6 +284,9 @@ def load_shard(path: Path) -> SnapshotShard:
             f"{path / 'render_latents.npy'}: shape {tuple(latents.shape)}, expected ({renders.shape[0]}, "
             f"{renders.shape[1]}, C, h, w)"
         )
+    depths = arrays.get("depths")
+    if depths is not None and tuple(depths.shape) != tuple(renders.shape[:4]):
+        raise ValueError(f"{path / 'depths.npy'}: shape {tuple(depths.shape)}, expected {tuple(renders.shape[:4])}")
     return SnapshotShard(path=path, meta=meta, **arrays)
 
 

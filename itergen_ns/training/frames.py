@@ -69,10 +69,33 @@ def render_rgb(model, cameras: Cameras, index: int) -> torch.Tensor:
     return model.get_outputs_for_camera(cameras[index : index + 1].to(model.device))["rgb"].clamp(0, 1)
 
 
+SURFACE_ALPHA = 0.5
+"""Accumulated opacity above which a pixel counts as showing a surface (its depth is kept, else 0)."""
+
+
+def surface_depth(outputs) -> torch.Tensor:
+    """Depth [H, W] of a render's outputs along the viewing axis, 0 where no surface (accumulation < 0.5)."""
+    depth = outputs["depth"][..., 0].float()
+    return torch.where(outputs["accumulation"][..., 0] >= SURFACE_ALPHA, depth, torch.zeros_like(depth))
+
+
+def render_rgb_depth(model, cameras: Cameras, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB [H, W, 3] in [0, 1] and surface depth [H, W] of camera ``index`` (under ``eval_mode``/``no_grad``)."""
+    outputs = model.get_outputs_for_camera(cameras[index : index + 1].to(model.device))
+    return outputs["rgb"].clamp(0, 1), surface_depth(outputs)
+
+
 @torch.no_grad()
-def render_all_frames(model, cameras: Cameras, out: Optional[np.ndarray] = None, accumulation: bool = False):
+def render_all_frames(
+    model,
+    cameras: Cameras,
+    out: Optional[np.ndarray] = None,
+    accumulation: bool = False,
+    depth_out: Optional[np.ndarray] = None,
+):
     """Render ``model`` at every camera into uint8 [F, H, W, 3] (``out`` when given, e.g. a memory map);
-    with ``accumulation``, also return the accumulated opacity as float32 [F, H, W] (silhouette metrics)."""
+    with ``accumulation``, also return the accumulated opacity as float32 [F, H, W] (silhouette metrics);
+    with ``depth_out`` ([F, H, W], e.g. a float16 memory map), also write each frame's surface depth there."""
     frames, alphas = [], []
     with eval_mode(model):
         for i in range(cameras.shape[0]):
@@ -80,6 +103,8 @@ def render_all_frames(model, cameras: Cameras, out: Optional[np.ndarray] = None,
             frame = (outputs["rgb"].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
             if accumulation:
                 alphas.append(outputs["accumulation"][..., 0].float().cpu().numpy())
+            if depth_out is not None:
+                depth_out[i] = surface_depth(outputs).cpu().numpy()
             if out is not None:
                 out[i] = frame
             else:
