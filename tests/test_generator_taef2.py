@@ -187,7 +187,8 @@ def test_warped_input_map_trains_from_cached_warps_and_samples_with_them(tmp_pat
 
     cfg = TrainDiffusionConfig(
         data=root, output_dir=tmp_path / "run", model="taef2", max_steps=4, batch_size=2, learning_rate=1e-3,
-        lr_warmup_steps=0, checkpoint_every=4, validate_every=0, progress=False,
+        lr_warmup_steps=0, checkpoint_every=4, validate_every=4, validation_clips=1, validation_inference_steps=2,
+        progress=False,
         model_overrides={"num_frames": G, "extra_maps": maps},
     )  # fmt: skip
     from itergen_ns.diffusion.train import Trainer
@@ -200,6 +201,7 @@ def test_warped_input_map_trains_from_cached_warps_and_samples_with_them(tmp_pat
     item = trainer.dataset[3]
     assert "warped_latents" in item and "warped" not in item
     assert trainer.train().step == 4
+    assert (tmp_path / "run" / "validation" / "step_00000004_clip0.png").is_file()  # sampled with the warp map
     model = IterGenDiffusionModel.from_pretrained(tmp_path / "run" / "latest").eval()
     assert model.config.extra_maps == maps and model.config.unet_in_channels == 32 * 4 + 6
     pipe = IterGenVideoPipeline(model)
@@ -281,3 +283,19 @@ def test_shipped_generator_matches_its_recipe():
 
     with safe_open(str(SHIPPED_GENERATOR_DIR / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in list(f.keys())[:5]} == {torch.float16}
+
+
+def test_untrained_input_residual_model_returns_the_nearest_input():
+    """input_residual: the identity is the nearest input view's latent, so an untrained model samples the
+    autoencoder round trip of the input copy (margin 0 over it) whatever the render."""
+    model = IterGenDiffusionModel.from_config(small_taef2(output_parameterization="input_residual")).eval()
+    renders, inputs = smooth_images(G, 1), smooth_images(2, 2)
+    poses = orbit(G + 2)
+    targets = torch.cat([poses[G : G + 1].expand(2, 4, 4), poses[G + 1 :].expand(2, 4, 4)])  # nearest: 0, 0, 1, 1
+    out = IterGenVideoPipeline(model)(
+        renders, inputs, poses[G:], targets, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+        target_intrinsics=torch.tensor([60.0, 60.0, 32.0, 32.0]).repeat(G, 1),
+    )  # fmt: skip
+    copy = inputs[[0, 0, 1, 1]]
+    round_trip = model.decode_latents(model.encode_latents(copy)[None])[0]
+    torch.testing.assert_close(out, round_trip, atol=2e-4, rtol=0)

@@ -47,7 +47,8 @@ target camera; "warped_input": the latent of the render with that input view's p
 render's depth, ``itergen_ns.render.warp``; each ``latent_channels`` wide) are separate: they are input-view
 conditions and are dropped with the inputs."""
 INPUT_MAPS = ("nearest_input", "warped_input")
-OUTPUT_PARAMETERIZATIONS = ("v", "render_residual")
+OUTPUT_PARAMETERIZATIONS = ("v", "render_residual", "input_residual")
+RESIDUAL_PARAMETERIZATIONS = ("render_residual", "input_residual")
 
 # The tiny preset's CLIP and DINOv2 share one small ViT backbone (CLIP adds its projection head).
 TINY_VIT_KWARGS: Dict[str, Any] = dict(
@@ -98,9 +99,11 @@ class DiffusionModelConfig:
     output_parameterization: str = "v"
     """"v": the paper's (SVD's) v-prediction. "render_residual" (a flagged departure, issue 14): the denoised
     estimate is ``render_latent + F`` with the UNet's last layer zero-initialised, so an untrained model returns
-    the render (generator gain 0) and training can only add a correction; still sampled as v by the scheduler."""
+    the render (generator gain 0) and training can only add a correction; still sampled as v by the scheduler.
+    "input_residual" (departure, issue 14): the same with the latent of the nearest input view as the identity,
+    so an untrained model returns the input-view copy (margin 0) and training adds the correction."""
     residual_loss_weight_max: float = 5.0
-    """render_residual only: the EDM weight (sigma^2+1)/sigma^2 of the x0 loss is clipped to this (min-SNR
+    """Residual outputs only: the EDM weight (sigma^2+1)/sigma^2 of the x0 loss is clipped to this (min-SNR
     style) so tiny noise levels do not dominate the gradient."""
     clip_image_size: int = 224
     dino_image_size: int = 224

@@ -35,6 +35,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2
 
 from itergen_ns.diffusion import edm
 from itergen_ns.diffusion.configs import (
+    RESIDUAL_PARAMETERIZATIONS,
     TAEF2_SOURCE,
     ComponentSource,
     DiffusionModelConfig,
@@ -102,8 +103,9 @@ class Conditioning:
     """Input-view latent maps per target frame in UNet-input units, concatenated on channels ("nearest_input",
     then "warped_input"; zeros where the input views are dropped)."""
     render_base: Optional[Float[Tensor, "B G C h w"]] = None
-    """Clean scaled render latents: the identity the ``render_residual`` output starts from. Kept in every
-    guidance branch (guidance then acts on the corrections only)."""
+    """The identity a residual output starts from: clean scaled render latents (``render_residual``) or the
+    nearest input view's latents (``input_residual``). Kept in every guidance branch (guidance then acts on the
+    corrections only)."""
 
     def with_dropout(self, keep_render: Bool[Tensor, "B"], keep_inputs: Bool[Tensor, "B"]) -> "Conditioning":
         """Drop the 3D condition (zero render latents) and/or the input views (all slots masked, input map zeroed)
@@ -206,9 +208,9 @@ class IterGenDenoiser(nn.Module):
             added_time_ids=added_time_ids.to(dtype),
             return_dict=False,
         )[0]
-        if self.parameterization == "render_residual":
+        if self.parameterization in RESIDUAL_PARAMETERIZATIONS:
             if render_base is None:
-                raise ValueError("the render_residual parameterization needs render_base (clean render latents)")
+                raise ValueError(f"the {self.parameterization} parameterization needs render_base (its identity)")
             out = residual_to_v(out.float(), sample.float(), timestep, render_base.float())
         return out
 
@@ -253,8 +255,8 @@ class IterGenDiffusionModel(nn.Module):
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(config.seed)
             unet = build_unet(config.unet, config.unet_in_channels, config.allow_download, config.latent_channels)
-            if config.output_parameterization == "render_residual" and config.unet.pretrained is None:
-                nn.init.zeros_(unet.conv_out.weight)  # untrained model = identity of the render
+            if config.output_parameterization in RESIDUAL_PARAMETERIZATIONS and config.unet.pretrained is None:
+                nn.init.zeros_(unet.conv_out.weight)  # untrained model = identity of the render / input
                 nn.init.zeros_(unet.conv_out.bias)
             vae = _build_vae(config.vae, config.allow_download)
             clip = _build_clip(config.clip, config.allow_download)
@@ -465,12 +467,15 @@ class IterGenDiffusionModel(nn.Module):
                 rel_targets, target_intrinsics.to(device, torch.float32), (self.height, self.width), self.latent_hw
             )
         maps = []
-        if "nearest_input" in self.config.extra_maps:
+        nearest = None
+        if "nearest_input" in self.config.extra_maps or self.config.output_parameterization == "input_residual":
             if input_latents is None:
                 k = input_images.shape[1]
                 flat = self.resize(input_images.flatten(0, 1).to(device).float())
                 input_latents = self.encode_latents(flat).reshape(b, k, *render_latents.shape[2:])
-            maps.append(nearest_input_latents(input_latents.to(device, torch.float32), mask, input_poses, target_poses))
+            nearest = nearest_input_latents(input_latents.to(device, torch.float32), mask, input_poses, target_poses)
+        if "nearest_input" in self.config.extra_maps:
+            maps.append(nearest)
         if "warped_input" in self.config.extra_maps:
             if warped_latents is None:
                 raise ValueError("extra_maps 'warped_input' needs warped_latents (render depths at sampling time)")
@@ -484,7 +489,8 @@ class IterGenDiffusionModel(nn.Module):
             ],
             dim=1,
         )
-        render_base = render_latents.to(device, torch.float32)
+        render_base = nearest if self.config.output_parameterization == "input_residual" else render_latents
+        render_base = render_base.to(device, torch.float32)
         return Conditioning(render_cond, extras, features, rel, mask, time_ids, input_map, render_base)
 
     # ----------------------------------------------------------------------------------------- training
@@ -539,7 +545,7 @@ class IterGenDiffusionModel(nn.Module):
         eps = randn(x0.shape, generator, device)
         x = x0 + sigma.view(-1, 1, 1, 1, 1) * eps
         pred = denoiser(edm.scale_input(x, sigma), edm.c_noise(sigma), **cond.as_kwargs())
-        if self.config.output_parameterization == "render_residual":
+        if self.config.output_parameterization in RESIDUAL_PARAMETERIZATIONS:
             # x0 loss with the EDM weight clipped (the v loss equals it unclipped).
             weight = ((sigma**2 + 1.0) / sigma**2).clamp(max=self.config.residual_loss_weight_max)
             err = (edm.denoised(pred.float(), x, sigma) - x0) ** 2

@@ -78,7 +78,9 @@ class TrainDiffusionConfig:
     allow_download: bool = False
     """Let from_pretrained download missing weights (needs internet)."""
     extra_maps: Tuple[str, ...] = ()
-    """Extra UNet input maps, e.g. plucker."""
+    """Extra UNet input maps (plucker, nearest_input, warped_input); empty: the preset's."""
+    output_parameterization: Optional[Literal["v", "render_residual", "input_residual"]] = None
+    """What the UNet predicts (v, or a correction of the render / nearest input latent); None: the preset's."""
     resume: Optional[str] = None
     """'latest' or a checkpoint directory to resume from; 'auto': the latest checkpoint if there is one, else
     start fresh (so the same command, rerun after a kill, resumes)."""
@@ -159,6 +161,8 @@ def build_model_config(cfg: TrainDiffusionConfig) -> DiffusionModelConfig:
     }
     if cfg.extra_maps:
         overrides["extra_maps"] = tuple(cfg.extra_maps)
+    if cfg.output_parameterization is not None:
+        overrides["output_parameterization"] = cfg.output_parameterization
     overrides["allow_download"] = cfg.allow_download
     if cfg.model == "svd":
         kwargs = dict(random_init=cfg.random_init)
@@ -552,6 +556,10 @@ class Trainer:
                 for i in range(self.cfg.validation_clips):
                     item = val[i]
                     mask = item["input_mask"]
+                    warped = item.get("warped")
+                    if warped is None and "warped_latents" in item:  # cached: its autoencoder round trip
+                        with torch.no_grad():
+                            warped = self.model.decode_latents(item["warped_latents"][None].to(self.model.device))[0]
                     with acc.autocast():
                         sample = (
                             pipe(
@@ -563,6 +571,7 @@ class Trainer:
                                 render_noise=self.render_noise,
                                 generator=torch.Generator().manual_seed(self.cfg.seed + i),
                                 target_intrinsics=item["target_intrinsics"],
+                                warped_inputs=None if warped is None else warped.float().cpu(),
                             )
                             .float()
                             .cpu()
