@@ -245,6 +245,7 @@ def test_recipe_commands_match_its_build_settings():
         ("--model", recipe.model),
         ("--max-steps", recipe.diffusion_steps),
         ("--sampling.render-noise", recipe.render_noise),
+        ("--extra-maps", " ".join(recipe.extra_maps)),
     ]:
         assert f"{flag} {value}" in text
     assert recipe.scene_seed != 0  # disjoint from the demo's and the benchmark's collection (seed 0)
@@ -274,9 +275,11 @@ def test_shipped_generator_matches_its_recipe():
     files = [f for f in SHIPPED_GENERATOR_DIR.rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files) <= 25e6
     recipe = json.loads((SHIPPED_GENERATOR_DIR / "recipe.json").read_text())
-    assert recipe == dataclasses.asdict(GeneratorRecipe())  # `itergen demo --from-scratch` rebuilds this model
+    expected = json.loads(json.dumps(dataclasses.asdict(GeneratorRecipe())))  # tuples as JSON lists
+    assert recipe == expected  # `itergen demo --from-scratch` rebuilds this model
     cfg = read_model_config(SHIPPED_GENERATOR_DIR)
     assert cfg.name == "taef2" and cfg.output_parameterization == "render_residual"
+    assert list(cfg.extra_maps) == recipe["extra_maps"]
     assert (cfg.sampling.guidance_3d, cfg.sampling.guidance_input) == (recipe["guidance_3d"], recipe["guidance_input"])
     assert cfg.sampling.render_noise == recipe["render_noise"]
     from safetensors import safe_open

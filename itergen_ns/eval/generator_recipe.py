@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -26,7 +26,7 @@ class GeneratorRecipe:
 
     scene_seed: int = 100
     """Collection seed of the training scenes (the demo and the benchmark score collection seed 0)."""
-    num_scenes: int = 30
+    num_scenes: int = 60
     export_steps: int = 300
     export_every: int = 50
     runs_per_scene: int = 1
@@ -34,7 +34,10 @@ class GeneratorRecipe:
     init_num_points: int = 3000
     """Initial Gaussians of the snapshot runs (as in the demo's and the benchmark's 3D runs)."""
     model: str = "taef2"
-    diffusion_steps: int = 5000
+    extra_maps: Tuple[str, ...] = ("plucker", "nearest_input", "warped_input")
+    """UNet input maps beyond the render latent: Plücker rays, the nearest input's latent and the render
+    repainted with the nearest input warped through the render's depth (docs/generator.md)."""
+    diffusion_steps: int = 6000
     batch_size: int = 4
     learning_rate: float = 3e-4
     lr_warmup_steps: int = 100
@@ -66,6 +69,7 @@ class GeneratorRecipe:
             f"--every {self.export_every} --runs-per-scene {self.runs_per_scene} --seed {self.export_seed} "
             f"--overrides pipeline.datamanager.init_num_points {self.init_num_points}",
             f"itergen train-diffusion --data {snaps} --output-dir {out} --model {self.model} "
+            f"--extra-maps {' '.join(self.extra_maps)} "
             f"--max-steps {self.diffusion_steps} --batch-size {self.batch_size} --learning-rate {self.learning_rate} "
             f"--lr-warmup-steps {self.lr_warmup_steps} --checkpoint-every {self.checkpoint_every} "
             f"--validate-every {self.validate_every} --sampling.render-noise {self.render_noise} "
@@ -116,6 +120,7 @@ class GeneratorRecipe:
                 data=self.snapshots_dir(root),
                 output_dir=out,
                 model=self.model,  # type: ignore[arg-type]
+                extra_maps=tuple(self.extra_maps),
                 max_steps=max_steps or self.diffusion_steps,
                 batch_size=self.batch_size,
                 learning_rate=self.learning_rate,
