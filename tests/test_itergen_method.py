@@ -320,8 +320,8 @@ def test_warped_input_model_trains_in_itergen(scene, tmp_path):
     dm = trainer.pipeline.datamanager
     assert dm.generator.needs_depth and dm.num_generations == 1 and dm.history[0].images.std() > 0.01
     cameras = dm.generated_cameras(dm._input_poses[:, :3])
-    renders, depth = dm._render(cameras, with_depth=True)
-    assert depth is not None and float((depth > 0).float().mean()) > 0.2
+    renders, depth = dm._render(cameras)
+    assert float((depth > 0).float().mean()) > 0.2
     warped = dm.warp_inputs(cameras, renders, depth)
     seen = (depth > 0)[:, None].expand_as(warped)
     assert float((warped - dm._input_images).abs()[seen].mean()) < 0.02

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
 
 from itergen_ns.diffusion import edm
+from itergen_ns.render.warp import nearest_input_index
 from itergen_ns.diffusion.configs import (
     RESIDUAL_PARAMETERIZATIONS,
     TAEF2_SOURCE,
@@ -598,11 +599,7 @@ def nearest_input_latents(
     target_poses: Float[Tensor, "B G 4 4"],
 ) -> Float[Tensor, "B G C h w"]:
     """Per target frame, the latent of the valid input view whose camera centre is nearest (Euclidean)."""
-    centres_in = input_poses[..., :3, 3].to(input_latents.device, torch.float32)
-    centres_t = target_poses[..., :3, 3].to(input_latents.device, torch.float32)
-    dist = torch.cdist(centres_t, centres_in)  # B G K
-    dist = dist.masked_fill(~input_mask.to(dist.device)[:, None, :], float("inf"))
-    idx = dist.argmin(dim=2)  # B G
+    idx = nearest_input_index(input_poses, target_poses.to(input_latents.device), input_mask)  # B G
     gather = idx[..., None, None, None].expand(-1, -1, *input_latents.shape[2:])
     return torch.gather(input_latents, 1, gather)
 

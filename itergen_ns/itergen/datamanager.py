@@ -29,7 +29,7 @@ from itergen_ns.data.framing import frame_cameras, frame_image
 from itergen_ns.itergen.pose_sampler import PoseSampler, PoseSamplerConfig
 from itergen_ns.models.itergen_model import GENERATED_KEY
 from itergen_ns.render.warp import warp_nearest_input
-from itergen_ns.training.frames import eval_mode, render_rgb, render_rgb_depth
+from itergen_ns.training.frames import eval_mode, render_rgb_depth
 
 
 @dataclass
@@ -118,6 +118,8 @@ class IterGenDataManager(SparseViewDatamanager):
                 f"{generator.max_input_views}; lower --pipeline.datamanager.num-input-views"
             )
         self._input_images, self._input_poses = self._conditioning_inputs()
+        self._input_cameras = frame_cameras(self.train_dataset.cameras, (generator.height, generator.width))
+        """The input cameras framed like ``_input_images`` (where the warped-input map's depths are rendered)."""
         self.pose_sampler = self.config.pose_sampler.setup(
             input_c2w=self.train_dataset.cameras.camera_to_worlds,
             seed=self.seed,
@@ -169,20 +171,18 @@ class IterGenDataManager(SparseViewDatamanager):
     @torch.no_grad()
     def render_clip(self, cameras: Cameras) -> Float[Tensor, "G 3 H W"]:
         """Render the current 3D model at every camera of a clip (eval mode: fixed background, no densify)."""
-        return self._render(cameras, with_depth=False)[0]
+        return self._render(cameras)[0]
 
-    def _render(self, cameras: Cameras, with_depth: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        """RGB [G, 3, H, W] and, ``with_depth``, surface depth [G, H, W] of every camera (one pass)."""
+    @torch.no_grad()
+    def _render(self, cameras: Cameras) -> Tuple[Float[Tensor, "G 3 H W"], Float[Tensor, "G H W"]]:
+        """RGB and surface depth of every camera (an eval-mode render computes both in one pass)."""
         rgbs, depths = [], []
-        with torch.no_grad(), eval_mode(self.model):
+        with eval_mode(self.model):
             for i in range(cameras.shape[0]):
-                if with_depth:
-                    rgb, depth = render_rgb_depth(self.model, cameras, i)
-                    depths.append(depth.cpu())
-                else:
-                    rgb = render_rgb(self.model, cameras, i)
+                rgb, depth = render_rgb_depth(self.model, cameras, i)
                 rgbs.append(rgb.permute(2, 0, 1).cpu())
-        return torch.stack(rgbs), (torch.stack(depths) if with_depth else None)
+                depths.append(depth.cpu())
+        return torch.stack(rgbs), torch.stack(depths)
 
     @torch.no_grad()
     def warp_inputs(
@@ -190,20 +190,15 @@ class IterGenDataManager(SparseViewDatamanager):
     ) -> Float[Tensor, "G 3 H W"]:
         """The clip's renders with the nearest input view warped in through the current model's depth (for
         generators with the "warped_input" map); the input views' depths (occlusion test) are rendered here."""
-        inputs = frame_cameras(self.train_dataset.cameras, (self.generator.height, self.generator.width))
-        input_depth = self._render(inputs, with_depth=True)[1]
-
-        def intrinsics(cams: Cameras) -> Tensor:
-            return torch.cat([cams.fx, cams.fy, cams.cx, cams.cy], dim=-1).float().cpu()
-
+        input_depth = self._render(self._input_cameras)[1]
         composite, _ = warp_nearest_input(
             renders,
             depth,
             cameras.camera_to_worlds.float().cpu(),
-            intrinsics(cameras),
+            camera_intrinsics(cameras),
             self._input_images,
             self._input_poses,
-            intrinsics(inputs),
+            camera_intrinsics(self._input_cameras),
             input_depth,
         )
         return composite
@@ -215,7 +210,7 @@ class IterGenDataManager(SparseViewDatamanager):
         target = to_4x4(poses.float())
         intrinsics = None
         if self.generator.needs_intrinsics:
-            intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1).float()
+            intrinsics = camera_intrinsics(cameras)
         images = self.generator.sample(
             renders,
             self._input_images,
@@ -232,9 +227,8 @@ class IterGenDataManager(SparseViewDatamanager):
         """Render the current 3D state at ``poses`` now, and sample there (now, or in the worker)."""
         cameras = self.generated_cameras(poses)
         start = time.perf_counter()
-        needs_depth = bool(getattr(self.generator, "needs_depth", False))
-        renders, depth = self._render(cameras, with_depth=needs_depth)
-        warped = self.warp_inputs(cameras, renders, depth) if needs_depth else None
+        renders, depth = self._render(cameras)
+        warped = self.warp_inputs(cameras, renders, depth) if getattr(self.generator, "needs_depth", False) else None
         self.timings["render"] += time.perf_counter() - start
         seed = self.seed * 100003 + self.num_generations
         self.num_generations += 1
@@ -314,6 +308,11 @@ class IterGenDataManager(SparseViewDatamanager):
     def latest_clip(self) -> Optional[GeneratedClip]:
         with self._lock:
             return self.history[-1] if self.history else None
+
+
+def camera_intrinsics(cameras: Cameras) -> Float[Tensor, "N 4"]:
+    """(fx, fy, cx, cy) in pixels of every camera, on the CPU."""
+    return torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1).float().cpu()
 
 
 def to_4x4(c2w: Float[Tensor, "N 3 4"]) -> Float[Tensor, "N 4 4"]:

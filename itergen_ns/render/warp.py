@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 OCCLUSION_TOLERANCE = 0.05
@@ -94,13 +94,15 @@ def warp_image(
 
 
 def nearest_input_index(
-    input_c2w: Float[Tensor, "K R 4"], target_c2w: Float[Tensor, "G R 4"], input_mask: Optional[Bool[Tensor, "K"]] = None
-) -> Tensor:
+    input_c2w: Float[Tensor, "*B K R 4"],
+    target_c2w: Float[Tensor, "*B G R 4"],
+    input_mask: Optional[Bool[Tensor, "*B K"]] = None,
+) -> Int[Tensor, "*B G"]:
     """Per target, the index of the (valid) input camera whose centre is nearest (Euclidean)."""
-    dist = torch.cdist(target_c2w[:, :3, 3].float(), input_c2w[:, :3, 3].float())
+    dist = torch.cdist(target_c2w[..., :3, 3].float(), input_c2w[..., :3, 3].to(target_c2w.device).float())
     if input_mask is not None:
-        dist = dist.masked_fill(~input_mask.to(dist.device)[None, :], float("inf"))
-    return dist.argmin(dim=1)
+        dist = dist.masked_fill(~input_mask.to(dist.device)[..., None, :], float("inf"))
+    return dist.argmin(dim=-1)
 
 
 def warp_nearest_input(

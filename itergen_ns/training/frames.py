@@ -64,11 +64,6 @@ def eval_mode(model) -> Iterator[None]:
             model.train()
 
 
-def render_rgb(model, cameras: Cameras, index: int) -> torch.Tensor:
-    """RGB [H, W, 3] in [0, 1] of camera ``index`` (call under ``eval_mode`` and ``torch.no_grad``)."""
-    return model.get_outputs_for_camera(cameras[index : index + 1].to(model.device))["rgb"].clamp(0, 1)
-
-
 SURFACE_ALPHA = 0.5
 """Accumulated opacity above which a pixel counts as showing a surface (its depth is kept, else 0)."""
 
