@@ -28,7 +28,7 @@ from PIL import Image
 
 from itergen_ns.data.scenes import make_scenes
 from itergen_ns.eval.metrics import image_metrics, mean_metrics
-from itergen_ns.training.runner import TrainSpec, build_config, train
+from itergen_ns.engine.runner import TrainSpec, build_config, train
 
 
 def heldout_frames(num_frames: int, num_heldout: int) -> List[int]:

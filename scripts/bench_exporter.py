@@ -133,9 +133,13 @@ class BenchExporterConfig:
         seq = self.co3d_sequences
         print(f"\n# projected CO3D export: {seq} sequences x {f} frames at {s}x{s}, {self.co3d_max_steps} steps "
               f"every {self.co3d_every} -> {snaps_c} snapshots per shard")  # fmt: skip
-        print(f"renders uint8 {s}x{s}x3:        {renders / 2**30:8.2f} GiB/shard {seq * renders / 2**40:8.2f} TiB total")
-        print(f"latents fp16 {'x'.join(map(str, self.latent_shape))}:         {latents / 2**30:8.3f} GiB/shard "
-              f"{seq * latents / 2**40:8.3f} TiB total (+{latents / renders:.1%} of the renders if stored too)")
+        print(
+            f"renders uint8 {s}x{s}x3:        {renders / 2**30:8.2f} GiB/shard {seq * renders / 2**40:8.2f} TiB total"
+        )
+        print(
+            f"latents fp16 {'x'.join(map(str, self.latent_shape))}:         {latents / 2**30:8.3f} GiB/shard "
+            f"{seq * latents / 2**40:8.3f} TiB total (+{latents / renders:.1%} of the renders if stored too)"
+        )
         print(f"shard as written (uint8 renders): {base / 2**30:8.2f} GiB/shard {seq * base / 2**40:8.2f} TiB total")
         print(f"CPU time (linear in pixels):      {secs / 3600:8.1f} h/shard   {seq * secs / 3600 / 24:8.0f} "
               f"core-days total at {torch.get_num_threads()} thread(s)/process")  # fmt: skip

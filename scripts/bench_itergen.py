@@ -1,12 +1,12 @@
 """Benchmark itergen's cost per optimisation step against the itergen-splatfacto baseline, on CPU.
 
-Runs nerfstudio's Trainer (through itergen_ns.training.runner, exactly what `ns-train` does) on a demo-like
+Runs nerfstudio's Trainer (through itergen_ns.engine.runner, exactly what `ns-train` does) on a demo-like
 procedural scene for: the baseline, itergen with synchronous generation and itergen with asynchronous generation.
 Per run: mean wall time per step (BEFORE_TRAIN_ITERATION -> end of AFTER_TRAIN_ITERATION callbacks, so it includes
 densification), split into
 
-- render:   rendering the 3D model at the clip's poses (datamanager.timings["render"], always on the training thread);
-- generate: diffusion sampling (datamanager.timings["generate"]). Sync: blocks the step. Async: runs in a worker
+- render:   rendering the 3D model at the clip's poses (generation.timings["render"], always on the training thread);
+- generate: diffusion sampling (generation.timings["generate"]). Sync: blocks the step. Async: runs in a worker
             thread, overlapped with training; shown as "bg" and not part of the step time;
 - optimise: the rest (batch, forward, loss, backward, optimiser, densification, logging).
 
@@ -55,15 +55,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def run_mode(mode: str, data: Path, out: Path, args: argparse.Namespace, steps: Optional[int] = None) -> Dict:
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
-    from itergen_ns.training.runner import TrainSpec, build_config, train
+    from itergen_ns.engine.runner import TrainSpec, build_config, train
 
     steps = steps or args.steps
     overrides: Dict[str, object] = {"pipeline.datamanager.init_num_points": args.init_num_points}
     if mode != "baseline":
         overrides.update(
             {
-                "pipeline.datamanager.generate_every": args.generate_every,
-                "pipeline.datamanager.async_generation": mode == "async",
+                "pipeline.generation.generate_every": args.generate_every,
+                "pipeline.generation.async_generation": mode == "async",
                 "pipeline.datamanager.p_input": args.p_input,
                 "pipeline.generator.num_inference_steps": args.num_inference_steps,
             }
@@ -110,8 +110,8 @@ def run_mode(mode: str, data: Path, out: Path, args: argparse.Namespace, steps: 
     start = time.perf_counter()
     trainer = train(config, callbacks=callbacks)
     total = time.perf_counter() - start
-    dm = trainer.pipeline.datamanager
-    timings = dict(getattr(dm, "timings", {"render": 0.0, "generate": 0.0}))
+    generation = getattr(trainer.pipeline, "generation", None)  # None for the baseline
+    timings = dict(generation.timings) if generation is not None else {"render": 0.0, "generate": 0.0}
     n = len(step_times)
     step = sum(step_times) / n
     render = timings["render"] / n
@@ -126,7 +126,7 @@ def run_mode(mode: str, data: Path, out: Path, args: argparse.Namespace, steps: 
         "generate_bg_ms": 1e3 * (generate - blocking),
         "optimise_ms": 1e3 * (step - render - blocking),
         "cpu_ms": 1e3 * state["cpu"] / n,
-        "clips": int(getattr(dm, "num_generations", 0)),
+        "clips": int(generation.num_generations) if generation is not None else 0,
         "gaussians": int(trainer.pipeline.model.num_points),
         "run_s": total,
     }

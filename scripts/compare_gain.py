@@ -45,7 +45,9 @@ def main(args: list) -> None:
         ref = per_scene(runs[0][1], keys, metric)
         scenes = sorted(ref)
         print(f"\n{metric.upper()}: {len(keys)} paired frames, {len(scenes)} scenes (95% CI over scenes)\n")
-        print(f"| model | sample | gain over render | margin over better of render / nearest input | sample − {runs[0][0]} (scenes up) |")
+        print(
+            f"| model | sample | gain over render | margin over better of render / nearest input | sample − {runs[0][0]} (scenes up) |"
+        )
         print("|---|---|---|---|---|")
         for name, frames in runs:
             own = per_scene(frames, keys, metric)
@@ -54,10 +56,15 @@ def main(args: list) -> None:
             diffs = [own[s][0] - ref[s][0] for s in scenes]
             vs = t_interval(diffs)
             sample = np.mean([own[s][0] for s in scenes])
-            cells = [name, f"{sample:.{digits}f}", format_ci(gain["mean"], gain["ci_low"], gain["ci_high"], digits),
-                     format_ci(margin["mean"], margin["ci_low"], margin["ci_high"], digits),
-                     "–" if name == runs[0][0] else
-                     f"{format_ci(vs['mean'], vs['ci_low'], vs['ci_high'], digits)} ({sum(d > 0 for d in diffs)}/{len(diffs)})"]
+            cells = [
+                name,
+                f"{sample:.{digits}f}",
+                format_ci(gain["mean"], gain["ci_low"], gain["ci_high"], digits),
+                format_ci(margin["mean"], margin["ci_low"], margin["ci_high"], digits),
+                "–"
+                if name == runs[0][0]
+                else f"{format_ci(vs['mean'], vs['ci_low'], vs['ci_high'], digits)} ({sum(d > 0 for d in diffs)}/{len(diffs)})",
+            ]
             print("| " + " | ".join(cells) + " |")
 
 

@@ -1,6 +1,6 @@
 """Print the overall rows of one or more `itergen gain` outputs as a markdown table.
 
-    python scripts/summarize_gain.py NAME=runs/gain/a-1v NAME2=runs/gain/b-1v ...
+python scripts/summarize_gain.py NAME=runs/gain/a-1v NAME2=runs/gain/b-1v ...
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from pathlib import Path
 
 
 def main(args: list[str]) -> None:
-    print("| run | views | frames | render | sample | gain PSNR | nearest input | mean frame | margin PSNR | SSIM render / sample | gain SSIM | margin SSIM | AE ceiling |")
+    print(
+        "| run | views | frames | render | sample | gain PSNR | nearest input | mean frame | margin PSNR | SSIM render / sample | gain SSIM | margin SSIM | AE ceiling |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arg in args:
         name, _, path = arg.partition("=")
@@ -32,7 +34,9 @@ def per_step(path: str) -> None:
     data = json.loads((Path(path) / "gain.json").read_text())
     for g in data["groups"]:
         if g["step"] != "all" and g["views"] != "all":
-            print(f"step {g['step']:>4} views {g['views']}: gain {g['gain_psnr']:+.2f} dB, margin {g['margin_psnr']:+.2f} dB")
+            print(
+                f"step {g['step']:>4} views {g['views']}: gain {g['gain_psnr']:+.2f} dB, margin {g['margin_psnr']:+.2f} dB"
+            )
 
 
 if __name__ == "__main__":

@@ -68,13 +68,26 @@ def main(cfg: SweepGuidanceConfig) -> None:
         )
         results[value] = run_gain(gain_cfg)
     table = Table(title=f"render-guidance sweep on {cfg.data} (seeds {list(cfg.seeds)})")
-    for col in ("guidance_3d", "frames", "gain PSNR", "gain SSIM", "margin PSNR", "vs g3=1 PSNR (95% CI)", "vs g3=1 SSIM (95% CI)"):
+    for col in (
+        "guidance_3d",
+        "frames",
+        "gain PSNR",
+        "gain SSIM",
+        "margin PSNR",
+        "vs g3=1 PSNR (95% CI)",
+        "vs g3=1 SSIM (95% CI)",
+    ):
         table.add_column(col, justify="right")
     ref = results.get(1.0)
     for value, res in results.items():
         overall = next(g for g in res["groups"] if g["step"] == "all" and g["views"] == "all")
-        cells = [f"{value:g}", str(overall["frames"]), f"{overall['gain_psnr']:+.2f}", f"{overall['gain_ssim']:+.3f}",
-                 f"{overall['margin_psnr']:+.2f}"]
+        cells = [
+            f"{value:g}",
+            str(overall["frames"]),
+            f"{overall['gain_psnr']:+.2f}",
+            f"{overall['gain_ssim']:+.3f}",
+            f"{overall['margin_psnr']:+.2f}",
+        ]
         for metric, fmt in (("psnr", "{:+.2f}"), ("ssim", "{:+.3f}")):
             if ref is None:
                 cells.append("-")

@@ -249,7 +249,7 @@ class ViewerScreenshot:
             + ["--viewer.websocket-port", str(port), "--viewer.websocket-host", "127.0.0.1"]
             + ["--viewer.quit-on-train-completion", "False", "--steps-per-save", str(10**9)]
             + ["--pipeline.datamanager.init-num-points", str(self.init_points)]
-            + ["--pipeline.datamanager.generate-every", str(self.generate_every)]
+            + ["--pipeline.generation.generate-every", str(self.generate_every)]
             + generator
             + list(self.extra_args)
         )
@@ -257,9 +257,7 @@ class ViewerScreenshot:
     def run(self, work: Path) -> dict:
         chromium = find_chromium(self.chromium)
         if chromium is None:
-            raise FileNotFoundError(
-                "no Chromium found (apt-get install -y chromium, or pass --chromium PATH)"
-            )
+            raise FileNotFoundError("no Chromium found (apt-get install -y chromium, or pass --chromium PATH)")
         from itergen_ns.data.scenes import make_scenes
 
         t0 = time.monotonic()
@@ -289,7 +287,9 @@ class ViewerScreenshot:
             timings["viewer_up_s"] = time.monotonic() - t0
             # The browser opens once training is over (the run then idles with the viewer up): the CPU is free for
             # software GL and the viewer's renders, and the panel shows its final clip.
-            wait_for(lambda: "Use ctrl+c to quit" in log_path.read_text(), left(), "the end of training", alive=train_alive)
+            wait_for(
+                lambda: "Use ctrl+c to quit" in log_path.read_text(), left(), "the end of training", alive=train_alive
+            )
             if "itergen: clip" not in log_path.read_text():
                 raise RuntimeError(f"ns-train generated no clip:\n{log_path.read_text()[-3000:]}")
             timings["trained_s"] = time.monotonic() - t0

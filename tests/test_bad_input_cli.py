@@ -163,67 +163,191 @@ def demo(*extra: str, gen=None):
 
 CASES = [
     # make-scenes
-    Case("make-scenes: more held-out than scenes",
-         lambda a, t: ["make-scenes", "--out-dir", str(t / "out"), "--num-scenes", "2", "--num-heldout", "3"],
-         ["--num-heldout", "[0, 2]", "got 3"]),
-    Case("make-scenes: image too small",
-         lambda a, t: ["make-scenes", "--out-dir", str(t / "out"), "--num-scenes", "1", "--image-size", "4", "4"],
-         ["--image-size", "8x8"]),
-    Case("make-scenes: 0 frames", lambda a, t: ["make-scenes", "--out-dir", str(t / "out"), "--num-frames", "0", "0"],
-         ["--num-frames", "positive"]),
+    Case(
+        "make-scenes: more held-out than scenes",
+        lambda a, t: ["make-scenes", "--out-dir", str(t / "out"), "--num-scenes", "2", "--num-heldout", "3"],
+        ["--num-heldout", "[0, 2]", "got 3"],
+    ),
+    Case(
+        "make-scenes: image too small",
+        lambda a, t: ["make-scenes", "--out-dir", str(t / "out"), "--num-scenes", "1", "--image-size", "4", "4"],
+        ["--image-size", "8x8"],
+    ),
+    Case(
+        "make-scenes: 0 frames",
+        lambda a, t: ["make-scenes", "--out-dir", str(t / "out"), "--num-frames", "0", "0"],
+        ["--num-frames", "positive"],
+    ),
     # export-snapshots
-    Case("export: missing path", lambda a, t: ["export-snapshots", "--data", str(t / "nope"), "--out", str(t / "out")],
-         ["{tmp}/nope", "no such scene"]),
-    Case("export: empty folder",
-         lambda a, t: [(t / "empty").mkdir(), "export-snapshots", "--data", str(t / "empty"), "--out", str(t / "out")][1:],
-         ["{tmp}/empty", "holds no scenes"]),
-    Case("export: corrupt transforms.json", export(scene_copy(corrupt_transforms)),
-         ["scene_0000/transforms.json", "not valid JSON"], ["out/shards", "out/runs"]),
-    Case("export: image listed but missing", export(scene_copy(missing_image)),
-         ["images/frame_00002.png", "frames[2].file_path", "not found"], ["out/shards", "out/runs"]),
-    Case("export: unreadable image", export(scene_copy(unreadable_image)),
-         ["images/frame_00003.png"], ["out/shards", "out/runs"]),
-    Case("export: NaN pose", export(scene_copy(nan_pose)),
-         ["transforms.json", "frames[1]", "transform_matrix", "nan"], ["out/shards", "out/runs"]),
-    Case("export: non-rigid pose", export(scene_copy(sheared_pose)),
-         ["transforms.json", "frames[4]", "transform_matrix", "not rigid"], ["out/shards", "out/runs"]),
+    Case(
+        "export: missing path",
+        lambda a, t: ["export-snapshots", "--data", str(t / "nope"), "--out", str(t / "out")],
+        ["{tmp}/nope", "no such scene"],
+    ),
+    Case(
+        "export: empty folder",
+        lambda a, t: [(t / "empty").mkdir(), "export-snapshots", "--data", str(t / "empty"), "--out", str(t / "out")][
+            1:
+        ],
+        ["{tmp}/empty", "holds no scenes"],
+    ),
+    Case(
+        "export: corrupt transforms.json",
+        export(scene_copy(corrupt_transforms)),
+        ["scene_0000/transforms.json", "not valid JSON"],
+        ["out/shards", "out/runs"],
+    ),
+    Case(
+        "export: image listed but missing",
+        export(scene_copy(missing_image)),
+        ["images/frame_00002.png", "frames[2].file_path", "not found"],
+        ["out/shards", "out/runs"],
+    ),
+    Case(
+        "export: unreadable image",
+        export(scene_copy(unreadable_image)),
+        ["images/frame_00003.png"],
+        ["out/shards", "out/runs"],
+    ),
+    Case(
+        "export: NaN pose",
+        export(scene_copy(nan_pose)),
+        ["transforms.json", "frames[1]", "transform_matrix", "nan"],
+        ["out/shards", "out/runs"],
+    ),
+    Case(
+        "export: non-rigid pose",
+        export(scene_copy(sheared_pose)),
+        ["transforms.json", "frames[4]", "transform_matrix", "not rigid"],
+        ["out/shards", "out/runs"],
+    ),
     Case("export: 0 input views", export(scene_copy(lambda s: None), "--min-views", "0"), ["--min-views"]),
-    Case("export: more input views than frames", export(scene_copy(lambda s: None), "--min-views", "6"),
-         ["scene_0000", "6 frames", "6 input view"], ["out/shards", "out/runs"]),
+    Case(
+        "export: more input views than frames",
+        export(scene_copy(lambda s: None), "--min-views", "6"),
+        ["scene_0000", "6 frames", "6 input view"],
+        ["out/shards", "out/runs"],
+    ),
     # snapshots-summary
-    Case("summary: missing root", lambda a, t: ["snapshots-summary", "--root", str(t / "nope")], ["{tmp}/nope/format.json", "missing"]),
-    Case("summary: other format version", lambda a, t: ["snapshots-summary", "--root", str(bad_snapshot_root(other_version)(a, t))],
-         ["format.json", "version 99", "expected 'itergen-snapshots' version 1"]),
-    Case("summary: corrupt meta.json", lambda a, t: ["snapshots-summary", "--root", str(bad_snapshot_root(corrupt_meta)(a, t))],
-         ["shards/scene_a", "meta.json is not valid JSON"]),
+    Case(
+        "summary: missing root",
+        lambda a, t: ["snapshots-summary", "--root", str(t / "nope")],
+        ["{tmp}/nope/format.json", "missing"],
+    ),
+    Case(
+        "summary: other format version",
+        lambda a, t: ["snapshots-summary", "--root", str(bad_snapshot_root(other_version)(a, t))],
+        ["format.json", "version 99", "expected 'itergen-snapshots' version 1"],
+    ),
+    Case(
+        "summary: corrupt meta.json",
+        lambda a, t: ["snapshots-summary", "--root", str(bad_snapshot_root(corrupt_meta)(a, t))],
+        ["shards/scene_a", "meta.json is not valid JSON"],
+    ),
     # train-diffusion
-    Case("train-diffusion: missing path", train_diffusion(lambda a, t: t / "nope"), ["{tmp}/nope/format.json", "missing"]),
-    Case("train-diffusion: other format version", train_diffusion(bad_snapshot_root(other_version)),
-         ["format.json", "version 99"]),
-    Case("train-diffusion: corrupt meta.json", train_diffusion(bad_snapshot_root(corrupt_meta)),
-         ["shards/scene_a", "meta.json is not valid JSON", "no usable snapshot shards"]),
-    Case("train-diffusion: resume from a missing checkpoint", train_diffusion(
-        lambda a, t: a["snapshots"], "--resume", "latest"), ["--resume latest", "no checkpoints"]),
+    Case(
+        "train-diffusion: missing path", train_diffusion(lambda a, t: t / "nope"), ["{tmp}/nope/format.json", "missing"]
+    ),
+    Case(
+        "train-diffusion: other format version",
+        train_diffusion(bad_snapshot_root(other_version)),
+        ["format.json", "version 99"],
+    ),
+    Case(
+        "train-diffusion: corrupt meta.json",
+        train_diffusion(bad_snapshot_root(corrupt_meta)),
+        ["shards/scene_a", "meta.json is not valid JSON", "no usable snapshot shards"],
+    ),
+    Case(
+        "train-diffusion: resume from a missing checkpoint",
+        train_diffusion(lambda a, t: a["snapshots"], "--resume", "latest"),
+        ["--resume latest", "no checkpoints"],
+    ),
     # eval
-    Case("eval: missing path", lambda a, t: ["eval", "--data", str(t / "nope"), "--output-dir", str(t / "out")], ["{tmp}/nope"]),
-    Case("eval: corrupt scenes.json", lambda a, t: [
-        (copy_of(a, "scenes", t) / "scenes.json").write_text("[1, 2"), "eval", "--data", str(t / "scenes"),
-        "--output-dir", str(t / "out")][1:], ["scenes/scenes.json", "not valid JSON"]),
-    Case("eval: 0 input views", lambda a, t: ["eval", "--data", str(a["scenes"]), "--views", "0", "--output-dir", str(t / "out"),
-                                              "--methods", "itergen-splatfacto"], ["--views", ">= 1"]),
-    Case("eval: more input views than frames", lambda a, t: [
-        "eval", "--data", str(a["scenes"]), "--views", "7", "--output-dir", str(t / "out"), "--methods", "itergen-splatfacto"],
-         ["--views 7", "6 frames"]),
-    Case("eval: missing generator", lambda a, t: [
-        "eval", "--data", str(a["scenes"]), "--views", "1", "--generator-checkpoint", str(t / "nope"), "--output-dir",
-        str(t / "out")], ["{tmp}/nope", "itergen_diffusion.json"]),
-    Case("eval: generator with corrupt safetensors", lambda a, t: [
-        "eval", "--data", str(a["scenes"]), "--views", "1", "--generator-checkpoint", str(corrupt_safetensors(a, t)),
-        "--output-dir", str(t / "out")], ["--generator-checkpoint", "unet/diffusion_pytorch_model.safetensors"]),
+    Case(
+        "eval: missing path",
+        lambda a, t: ["eval", "--data", str(t / "nope"), "--output-dir", str(t / "out")],
+        ["{tmp}/nope"],
+    ),
+    Case(
+        "eval: corrupt scenes.json",
+        lambda a, t: [
+            (copy_of(a, "scenes", t) / "scenes.json").write_text("[1, 2"),
+            "eval",
+            "--data",
+            str(t / "scenes"),
+            "--output-dir",
+            str(t / "out"),
+        ][1:],
+        ["scenes/scenes.json", "not valid JSON"],
+    ),
+    Case(
+        "eval: 0 input views",
+        lambda a, t: [
+            "eval",
+            "--data",
+            str(a["scenes"]),
+            "--views",
+            "0",
+            "--output-dir",
+            str(t / "out"),
+            "--methods",
+            "itergen-splatfacto",
+        ],
+        ["--views", ">= 1"],
+    ),
+    Case(
+        "eval: more input views than frames",
+        lambda a, t: [
+            "eval",
+            "--data",
+            str(a["scenes"]),
+            "--views",
+            "7",
+            "--output-dir",
+            str(t / "out"),
+            "--methods",
+            "itergen-splatfacto",
+        ],
+        ["--views 7", "6 frames"],
+    ),
+    Case(
+        "eval: missing generator",
+        lambda a, t: [
+            "eval",
+            "--data",
+            str(a["scenes"]),
+            "--views",
+            "1",
+            "--generator-checkpoint",
+            str(t / "nope"),
+            "--output-dir",
+            str(t / "out"),
+        ],
+        ["{tmp}/nope", "itergen_diffusion.json"],
+    ),
+    Case(
+        "eval: generator with corrupt safetensors",
+        lambda a, t: [
+            "eval",
+            "--data",
+            str(a["scenes"]),
+            "--views",
+            "1",
+            "--generator-checkpoint",
+            str(corrupt_safetensors(a, t)),
+            "--output-dir",
+            str(t / "out"),
+        ],
+        ["--generator-checkpoint", "unet/diffusion_pytorch_model.safetensors"],
+    ),
     # demo
     Case("demo: missing generator", demo(gen=lambda a, t: t / "nope"), ["{tmp}/nope", "itergen_diffusion.json"]),
-    Case("demo: corrupt generator safetensors", demo(gen=corrupt_safetensors),
-         ["--generator-checkpoint", "unet/diffusion_pytorch_model.safetensors"]),
+    Case(
+        "demo: corrupt generator safetensors",
+        demo(gen=corrupt_safetensors),
+        ["--generator-checkpoint", "unet/diffusion_pytorch_model.safetensors"],
+    ),
     Case("demo: 0 input views", demo("--views", "0"), ["--views", ">= 1"]),
     Case("demo: more input views than frames", demo("--views", "40"), ["--views 40", "--num-frames"]),
 ]
@@ -347,10 +471,18 @@ def diffusion_run(assets, tmp_path_factory) -> Path:
     [
         ("frames", None, ("--model-overrides", "num_frames", "4"), ["trainer_state.json", "num_frames is 8", "has 4"]),
         ("resolution", None, ("--model-overrides", "height", "16", "width", "16"), ["height is 32", "has 16"]),
-        ("latent channels", lambda ckpt: edit_json(ckpt / "trainer_state.json", lambda m: m.update(latent_channels=16)),
-         (), ["latent_channels is 16", "has 4"]),
-        ("corrupt safetensors", lambda ckpt: (ckpt / "model.safetensors").write_bytes(b"\x10\x00garbage"), (),
-         ["step_00000001", "cannot resume", "SafetensorError"]),
+        (
+            "latent channels",
+            lambda ckpt: edit_json(ckpt / "trainer_state.json", lambda m: m.update(latent_channels=16)),
+            (),
+            ["latent_channels is 16", "has 4"],
+        ),
+        (
+            "corrupt safetensors",
+            lambda ckpt: (ckpt / "model.safetensors").write_bytes(b"\x10\x00garbage"),
+            (),
+            ["step_00000001", "cannot resume", "SafetensorError"],
+        ),
     ],
 )
 def test_train_diffusion_resume_from_mismatched_checkpoint(name, edit, extra, expect, assets, diffusion_run, tmp_path,
@@ -389,12 +521,29 @@ def ns_train(args: Sequence[str], tmp_path: Path, debug: bool = False) -> subpro
 
 
 NS_CASES = [
-    ("itergen-splatfacto: missing path", lambda a, t: ["itergen-splatfacto", "--data", str(t / "nope")], ["{tmp}/nope"]),
-    ("itergen-splatfacto: non-rigid pose", lambda a, t: [
-        "itergen-splatfacto", "--data", str(scene_copy(sheared_pose)(a, t))], ["frames[4]", "not rigid"]),
-    ("itergen: generator frames do not match", lambda a, t: [
-        "itergen", "--data", str(a["scenes"] / "scene_0000"), "--pipeline.generator.checkpoint", str(a["generator"]),
-        "--pipeline.datamanager.num-generated-frames", "4"], ["generates 8 frames", "expects 4"]),
+    (
+        "itergen-splatfacto: missing path",
+        lambda a, t: ["itergen-splatfacto", "--data", str(t / "nope")],
+        ["{tmp}/nope"],
+    ),
+    (
+        "itergen-splatfacto: non-rigid pose",
+        lambda a, t: ["itergen-splatfacto", "--data", str(scene_copy(sheared_pose)(a, t))],
+        ["frames[4]", "not rigid"],
+    ),
+    (
+        "itergen: generator frames do not match",
+        lambda a, t: [
+            "itergen",
+            "--data",
+            str(a["scenes"] / "scene_0000"),
+            "--pipeline.generator.checkpoint",
+            str(a["generator"]),
+            "--pipeline.generation.num-generated-frames",
+            "4",
+        ],
+        ["generates 8 frames", "expects 4"],
+    ),
 ]
 
 
@@ -425,7 +574,10 @@ def test_excepthook_one_line_unless_debugging(capsys, monkeypatch):
     monkeypatch.delenv("ITERGEN_DEBUG", raising=False)
     bad = errors.InputError("/x/transforms.json: frames[0].transform_matrix holds nan;\nexpected finite numbers")
     errors._excepthook(type(bad), bad, None)
-    assert capsys.readouterr().err == "InputError: /x/transforms.json: frames[0].transform_matrix holds nan; expected finite numbers\n"
+    assert (
+        capsys.readouterr().err
+        == "InputError: /x/transforms.json: frames[0].transform_matrix holds nan; expected finite numbers\n"
+    )
     bug = KeyError("x")
     errors._excepthook(type(bug), bug, None)
     assert capsys.readouterr().err == "TRACEBACK\n"

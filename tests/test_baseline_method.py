@@ -32,7 +32,7 @@ from PIL import Image
 
 from conftest import tiny_scenes
 from itergen_ns.models import lpips_loader
-from itergen_ns.training.runner import TrainSpec, build_config, seed_everything, train
+from itergen_ns.engine.runner import TrainSpec, build_config, seed_everything, train
 
 FRAMES, SIZE, VIEWS, POINTS = 12, 32, 3, 300
 INPUT_FRAMES = (6, 7, 8)  # select_input_views(12, 3, seed=0)
@@ -46,7 +46,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    return tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=3, num_frames=FRAMES, size=SIZE, shadows=False) / "scene_0000"
+    return (
+        tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=3, num_frames=FRAMES, size=SIZE, shadows=False)
+        / "scene_0000"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -33,20 +33,36 @@ def test_train_val_heldout_scenes_are_disjoint() -> None:
 
 
 def test_make_scenes_writes_the_planned_splits(tmp_path: Path) -> None:
-    config = BenchProxyConfig(output_dir=tmp_path, num_train_scenes=1, num_val_scenes=1, num_heldout_scenes=2,
-                              num_frames=(4, 4), image_size=16)
+    config = BenchProxyConfig(
+        output_dir=tmp_path,
+        num_train_scenes=1,
+        num_val_scenes=1,
+        num_heldout_scenes=2,
+        num_frames=(4, 4),
+        image_size=16,
+    )
     from itergen_ns.data.scenes import make_scenes
 
-    make_scenes(config.scenes_dir, 4, seed=0, num_frames=4, resolution=16, supersample=1, shadows=False,
-                num_heldout=2, num_val=1)
+    make_scenes(
+        config.scenes_dir,
+        4,
+        seed=0,
+        num_frames=4,
+        resolution=16,
+        supersample=1,
+        shadows=False,
+        num_heldout=2,
+        num_val=1,
+    )
     index = load_scene_index(config.scenes_dir)
     plan = config.scene_plan()
-    assert [(e["name"], e["seed"], e["split"]) for e in index["scenes"]] == \
-        [(e["name"], e["seed"], e["split"]) for e in plan]
+    assert [(e["name"], e["seed"], e["split"]) for e in index["scenes"]] == [
+        (e["name"], e["seed"], e["split"]) for e in plan
+    ]
     assert [e["split"] for e in plan] == ["train", "val", "heldout", "heldout"]
-    from itergen_ns.eval.harness import discover_eval_scenes
+    from itergen_ns.data.discovery import discover_split_scenes
 
-    assert [p.name for p in discover_eval_scenes([config.scenes_dir])] == ["scene_0002", "scene_0003"]
+    assert [p.name for p in discover_split_scenes([config.scenes_dir])] == ["scene_0002", "scene_0003"]
     assert [p.name for p in DemoConfig(output_dir=tmp_path).train_scene_dirs()] == ["scene_0000"]
 
 
@@ -72,8 +88,9 @@ def test_make_scenes_defaults_are_the_benchmark_distribution_and_one_scene_works
     config = MakeScenesConfig()
     assert config.num_frames == BENCH_NUM_FRAMES == tuple(BenchProxyConfig().num_frames)
     assert config.image_size == BENCH_IMAGE_SIZE and BenchProxyConfig().image_size == BENCH_IMAGE_SIZE[0]
-    one = MakeScenesConfig(out_dir=tmp_path, num_scenes=1, num_frames=(3, 3), image_size=(16, 16), supersample=1,
-                           shadows=False)
+    one = MakeScenesConfig(
+        out_dir=tmp_path, num_scenes=1, num_frames=(3, 3), image_size=(16, 16), supersample=1, shadows=False
+    )
     one.main()
     index = json.loads((tmp_path / "scenes.json").read_text())
     assert [e["split"] for e in index["scenes"]] == ["heldout"]  # evaluable by `itergen eval --data <dir>`

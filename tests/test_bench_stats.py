@@ -20,22 +20,35 @@ def test_t_interval_matches_hand_computation() -> None:
     assert ci["half_width"] == pytest.approx(2.054260, abs=1e-6)
     assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((0.445740, 4.554260), abs=1e-6)
     # 90%: t(0.95, 3) = 2.353363
-    assert t_interval([1.0, 2.0, 3.0, 4.0], 0.90)["half_width"] == pytest.approx(2.353363 * math.sqrt(5 / 3) / 2, abs=1e-6)
+    assert t_interval([1.0, 2.0, 3.0, 4.0], 0.90)["half_width"] == pytest.approx(
+        2.353363 * math.sqrt(5 / 3) / 2, abs=1e-6
+    )
     one = t_interval([3.0, float("nan")])
     assert one["n"] == 1 and one["mean"] == 3.0 and math.isnan(one["ci_low"])
 
 
 def _run(scene, method, sample, psnr, ssim=0.5, seconds=10.0):
-    return {"scene": scene, "views": 1, "method": method, "sample": sample, "seconds": seconds,
-            "metrics": {"psnr": psnr, "ssim": ssim}}
+    return {
+        "scene": scene,
+        "views": 1,
+        "method": method,
+        "sample": sample,
+        "seconds": seconds,
+        "metrics": {"psnr": psnr, "ssim": ssim},
+    }
 
 
 RESULTS = [
-    _run("a", "base", 0, 10.0, 0.40), _run("b", "base", 0, 20.0, 0.60), _run("c", "base", 0, 15.0, 0.50),
+    _run("a", "base", 0, 10.0, 0.40),
+    _run("b", "base", 0, 20.0, 0.60),
+    _run("c", "base", 0, 15.0, 0.50),
     # method: two samples per scene; best-of-S picks by PSNR and takes that sample's SSIM
-    _run("a", "m", 0, 11.0, 0.45), _run("a", "m", 1, 13.0, 0.35),
-    _run("b", "m", 0, 19.0, 0.70), _run("b", "m", 1, 22.0, 0.55),
-    _run("c", "m", 0, 16.0, 0.52), _run("c", "m", 1, 14.0, 0.58, seconds=30.0),
+    _run("a", "m", 0, 11.0, 0.45),
+    _run("a", "m", 1, 13.0, 0.35),
+    _run("b", "m", 0, 19.0, 0.70),
+    _run("b", "m", 1, 22.0, 0.55),
+    _run("c", "m", 0, 16.0, 0.52),
+    _run("c", "m", 1, 14.0, 0.58, seconds=30.0),
 ]
 
 
@@ -48,13 +61,17 @@ def test_best_of_s_and_mean_per_scene() -> None:
 
 
 def test_paired_differences_are_per_scene() -> None:
-    rows = {(r["metric"], r["aggregate"]): r for agg in ("best", "mean")
-            for r in paired_differences(RESULTS, "base", ("psnr", "ssim"), agg)}
+    rows = {
+        (r["metric"], r["aggregate"]): r
+        for agg in ("best", "mean")
+        for r in paired_differences(RESULTS, "base", ("psnr", "ssim"), agg)
+    }
     best = rows[("psnr", "best")]
     # per-scene differences 3, 2, 1 -> mean 2, sd 1, t(0.975, 2) = 4.302653
     assert best["scenes"] == 3 and best["diff_mean"] == pytest.approx(2.0) and best["wins"] == 3
-    assert (best["diff_ci_low"], best["diff_ci_high"]) == pytest.approx((2 - 4.302653 / math.sqrt(3),
-                                                                         2 + 4.302653 / math.sqrt(3)), abs=1e-6)
+    assert (best["diff_ci_low"], best["diff_ci_high"]) == pytest.approx(
+        (2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)), abs=1e-6
+    )
     assert best["method_mean"] == pytest.approx(17.0) and best["baseline_mean"] == pytest.approx(15.0)
     mean = rows[("psnr", "mean")]  # differences 2, 0.5, 0
     assert mean["diff_mean"] == pytest.approx(2.5 / 3) and mean["wins"] == 2
@@ -93,8 +110,15 @@ def test_masked_psnr_counts_object_pixels_only() -> None:
 
 
 def _frames_run(method, sample, psnrs, eval_indices=(1, 2, 3)):
-    return {"scene": "apple", "views": 3, "method": method, "sample": sample, "eval_indices": list(eval_indices),
-            "per_frame": [{"psnr": p} for p in psnrs], "metrics": {"psnr": float(np.mean(psnrs))}}
+    return {
+        "scene": "apple",
+        "views": 3,
+        "method": method,
+        "sample": sample,
+        "eval_indices": list(eval_indices),
+        "per_frame": [{"psnr": p} for p in psnrs],
+        "metrics": {"psnr": float(np.mean(psnrs))},
+    }
 
 
 def test_frame_differences_average_samples_per_frame_and_pair_frames() -> None:
@@ -104,7 +128,8 @@ def test_frame_differences_average_samples_per_frame_and_pair_frames() -> None:
     results = [
         _frames_run("base", 0, [10.0, 12.0, 14.0]),
         # two samples: per-frame means 11, 14, 15 -> differences 1, 2, 1 against the baseline
-        _frames_run("m", 0, [10.0, 13.0, 15.0]), _frames_run("m", 1, [12.0, 15.0, 15.0]),
+        _frames_run("m", 0, [10.0, 13.0, 15.0]),
+        _frames_run("m", 1, [12.0, 15.0, 15.0]),
     ]
     rows = {r["method"]: r for r in frame_differences(results, "base", ["psnr"])}
     assert rows["base"]["n"] == 3 and rows["base"]["mean"] == pytest.approx(12.0) and "diff_mean" not in rows["base"]

@@ -14,9 +14,18 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_gain.py"
 def _write(path: Path, samples: dict) -> Path:
     frames = []
     for (scene, frame), sample in samples.items():
-        frames.append({"shard": f"{scene}_r0", "scene": scene, "step": 0, "views": 1, "clip": 0, "frame": frame,
-                       "psnr": {"sample": sample, "render": 10.0, "nearest_input": 12.0},
-                       "ssim": {"sample": 0.5, "render": 0.4, "nearest_input": 0.6}})
+        frames.append(
+            {
+                "shard": f"{scene}_r0",
+                "scene": scene,
+                "step": 0,
+                "views": 1,
+                "clip": 0,
+                "frame": frame,
+                "psnr": {"sample": sample, "render": 10.0, "nearest_input": 12.0},
+                "ssim": {"sample": 0.5, "render": 0.4, "nearest_input": 0.6},
+            }
+        )
     path.mkdir(parents=True)
     (path / "gain.json").write_text(json.dumps({"frames": frames}))
     return path

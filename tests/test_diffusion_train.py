@@ -249,7 +249,7 @@ def test_cli_parses_config():
 
 def test_model_directory_records_sampling_and_training_clip_motion(snapshots, tmp_path):
     """The saved model says how to sample it (render noise = the training std) and how its clips moved."""
-    from itergen_ns.diffusion.model import read_model_config
+    from itergen_ns.diffusion.components import read_model_config
     from itergen_ns.diffusion.sampling import SamplingConfig
 
     sampling = SamplingConfig(num_inference_steps=4, guidance_3d=0.5, guidance_input=1.0, render_noise=0.0)

@@ -63,8 +63,9 @@ def test_harness_scores_heldout_frames_and_writes_report(scene_root: Path, tmp_p
         gt = _ground_truth(scene)
         return np.full_like(gt, 128), gt, select_input_views(len(gt), views, 0)[0]
 
-    config = EvalConfig(data=(scene_root,), methods=("oracle", "constant"), views=(1, 3), samples=2,
-                        output_dir=tmp_path / "eval")
+    config = EvalConfig(
+        data=(scene_root,), methods=("oracle", "constant"), views=(1, 3), samples=2, output_dir=tmp_path / "eval"
+    )
     results = config.run(custom_methods={"oracle": oracle, "constant": constant})
     heldout = json.loads((scene_root / "scenes.json").read_text())
     heldout_names = {s["name"] for s in heldout["scenes"] if s["split"] == "heldout"}

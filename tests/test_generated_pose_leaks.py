@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import tiny_scenes
-from itergen_ns.training.runner import TrainSpec, build_config, seed_everything
+from itergen_ns.engine.runner import TrainSpec, build_config, seed_everything
 
 FRAMES, SIZE, G = 12, 32, 8
 INPUTS = (0, 4, 8)
@@ -26,7 +26,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    full = tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=5, num_frames=FRAMES, size=SIZE, shadows=False) / "scene_0000"
+    full = (
+        tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=5, num_frames=FRAMES, size=SIZE, shadows=False)
+        / "scene_0000"
+    )
     fewer = full.parent / "scene_fewer_heldout"
     shutil.copytree(full, fewer)
     meta = json.loads((fewer / "transforms.json").read_text())
@@ -43,18 +46,22 @@ def itergen_datamanager(scene: Path, out: Path, input_views):
         "pipeline.datamanager.input_views": input_views,
         "pipeline.datamanager.init_num_points": 200,
         "pipeline.generator.random_init": True,
-        "pipeline.datamanager.generation_seed": 3,
+        "pipeline.generation.generation_seed": 3,
     }
     config = build_config(TrainSpec(method="itergen", data=scene, output_dir=out, steps=1, seed=0, overrides=overrides))
     seed_everything(config.machine.seed)
-    return config.pipeline.setup(device="cpu", test_mode="val").datamanager
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    pipeline.datamanager.pose_sampler = pipeline.generation.pose_sampler  # what these tests look at
+    return pipeline.datamanager
 
 
 def test_generated_poses_do_not_depend_on_held_out_frames(scenes, tmp_path):
     full, fewer, fewer_inputs = scenes
     a = itergen_datamanager(full, tmp_path / "a", INPUTS)
     b = itergen_datamanager(fewer, tmp_path / "b", fewer_inputs)
-    assert [Path(p).name for p in a.train_dataset.image_filenames] == [Path(p).name for p in b.train_dataset.image_filenames]
+    assert [Path(p).name for p in a.train_dataset.image_filenames] == [
+        Path(p).name for p in b.train_dataset.image_filenames
+    ]
     assert torch.equal(a.train_dataset.cameras.camera_to_worlds, b.train_dataset.cameras.camera_to_worlds)
     clips_a, clips_b = a.pose_sampler.plan(6, G), b.pose_sampler.plan(6, G)
     assert all(torch.equal(x, y) for x, y in zip(clips_a, clips_b))

@@ -11,7 +11,9 @@ import torch
 
 from itergen_ns.diffusion import edm
 from itergen_ns.diffusion.configs import get_model_config
-from itergen_ns.diffusion.model import IterGenDiffusionModel, nearest_input_latents, residual_to_v
+from itergen_ns.diffusion.conditioning import nearest_input_latents
+from itergen_ns.diffusion.denoiser import residual_to_v
+from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
 from itergen_ns.diffusion.train import TrainDiffusionConfig, train
 from test_diffusion_train import make_shard
@@ -214,8 +216,13 @@ def test_warped_input_map_trains_from_cached_warps_and_samples_with_them(tmp_pat
     assert out.shape == (G, 3, 64, 64) and torch.isfinite(out).all()
 
     untrained = IterGenDiffusionModel.from_config(small_taef2(extra_maps=maps)).eval()
-    out = IterGenVideoPipeline(untrained)(*args, num_inference_steps=2, target_intrinsics=intr,
-                                          warped_inputs=smooth_images(G, 3), generator=torch.Generator().manual_seed(0))
+    out = IterGenVideoPipeline(untrained)(
+        *args,
+        num_inference_steps=2,
+        target_intrinsics=intr,
+        warped_inputs=smooth_images(G, 3),
+        generator=torch.Generator().manual_seed(0),
+    )
     round_trip = untrained.decode_latents(untrained.encode_latents(args[0])[None])[0]
     torch.testing.assert_close(out, round_trip, atol=2e-4, rtol=0)
 
@@ -267,7 +274,7 @@ def test_shipped_generator_matches_its_recipe():
     import json
 
     from itergen_ns.diffusion.configs import SHIPPED_GENERATOR_DIR, shipped_generator
-    from itergen_ns.diffusion.model import read_model_config
+    from itergen_ns.diffusion.components import read_model_config
     from itergen_ns.eval.generator_recipe import GeneratorRecipe
 
     if shipped_generator() is None:

@@ -25,7 +25,13 @@ def orbit_cameras(n: int, radius: float = 3.0, centre=(0.2, -0.1, 0.3), size: in
         eye = c + torch.tensor([radius * math.cos(a), radius * math.sin(a), 0.8])
         poses.append(look_at(eye, c, torch.tensor([0.0, 0.0, 1.0])))
     return Cameras(
-        camera_to_worlds=torch.stack(poses), fx=30.0, fy=30.0, cx=size / 2, cy=size / 2, width=size, height=size,
+        camera_to_worlds=torch.stack(poses),
+        fx=30.0,
+        fy=30.0,
+        cx=size / 2,
+        cy=size / 2,
+        width=size,
+        height=size,
         camera_type=CameraType.PERSPECTIVE,
     )
 

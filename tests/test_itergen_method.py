@@ -33,14 +33,14 @@ from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
 from itergen_ns.models import lpips_loader
 from itergen_ns.models.itergen_model import GENERATED_KEY
-from itergen_ns.training.runner import TrainSpec, build_config, seed_everything, train
+from itergen_ns.engine.runner import TrainSpec, build_config, seed_everything, train
 
 FRAMES, SIZE, G = 12, 32, 8
 BIN = Path(sys.executable).parent
 BASE = {
     "pipeline.datamanager.init_num_points": 500,
     "pipeline.generator.num_inference_steps": 2,
-    "pipeline.datamanager.generate_every": 10,
+    "pipeline.generation.generate_every": 10,
 }
 
 
@@ -49,7 +49,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    return tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=3, num_frames=FRAMES, size=SIZE, shadows=False) / "scene_0000"
+    return (
+        tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=3, num_frames=FRAMES, size=SIZE, shadows=False)
+        / "scene_0000"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,13 @@ def make_pipeline(scene: Path, out: Path, **overrides):
     return config.pipeline.setup(device="cpu", test_mode="val")
 
 
+def next_batch(pipe, step: int):
+    """What a training step draws: generation refreshed (as IterGenPipeline.get_train_loss_dict does), then the
+    datamanager's batch."""
+    pipe.generation.refresh(step)
+    return pipe.datamanager.next_train(step)
+
+
 # --- the real CLI: ns-train -> checkpoint -> ns-eval / ns-render ------------------------------------------------
 
 
@@ -94,7 +104,7 @@ def cli_run(scene, tiny_checkpoint, tmp_path_factory) -> dict:
         [str(BIN / "ns-train"), "itergen", "--data", str(scene), "--output-dir", str(out / "runs")]
         + ["--experiment-name", "cli", "--timestamp", "run", "--max-num-iterations", "30", "--vis", "tensorboard"]
         + ["--viewer.quit-on-train-completion", "True", "--logging.local-writer.enable", "False"]
-        + ["--pipeline.datamanager.init-num-points", "500", "--pipeline.datamanager.generate-every", "10"]
+        + ["--pipeline.datamanager.init-num-points", "500", "--pipeline.generation.generate-every", "10"]
         + ["--pipeline.generator.checkpoint", str(checkpoint), "--pipeline.generator.num-inference-steps", "2"]
     )
     shutil.rmtree(checkpoint)
@@ -162,14 +172,14 @@ def test_datamanager_serves_generated_views_with_configured_ratio(scene, tmp_pat
         scene,
         tmp_path,
         pipeline__datamanager__p_input=0.3,
-        pipeline__datamanager__async_generation=False,
-        pipeline__datamanager__generate_every=50,
+        pipeline__generation__async_generation=False,
+        pipeline__generation__generate_every=50,
     )
-    dm = pipe.datamanager
+    dm, gen = pipe.datamanager, pipe.generation
     draws = 600
     flags, served = [], []
     for step in range(draws):
-        camera, batch = dm.next_train(step)
+        camera, batch = next_batch(pipe, step)
         flags.append(bool(batch[GENERATED_KEY]))
         if batch[GENERATED_KEY]:
             served.append((camera.camera_to_worlds[0].clone(), batch["image"].clone()))
@@ -177,11 +187,11 @@ def test_datamanager_serves_generated_views_with_configured_ratio(scene, tmp_pat
     sigma = math.sqrt(0.7 * 0.3 / draws)
     assert abs(frac - 0.7) < 4 * sigma, frac  # 0.7 +- 0.075
     # generation every 50 steps (sync), pool bounded to pool_clips, full history kept
-    assert dm.num_generations == draws // 50
-    assert [c.step for c in dm.history[:4]] == [0, 50, 100, 150]
-    assert len(dm.pool) == 2 and dm.pool[-1] is dm.history[-1]
+    assert gen.num_generations == draws // 50
+    assert [c.step for c in gen.history[:4]] == [0, 50, 100, 150]
+    assert len(gen.pool) == 2 and gen.pool.clips[-1] is gen.history[-1]
     # the last generated draws are frames of the pooled clips: right image at the right pose
-    pooled = [(clip.cameras.camera_to_worlds[f], clip.images[f]) for clip in dm.pool for f in range(G)]
+    pooled = [(clip.cameras.camera_to_worlds[f], clip.images[f]) for clip in gen.pool.clips for f in range(G)]
     pose, image = served[-1]
     match = [i for i, (p, _) in enumerate(pooled) if torch.allclose(p, pose)]
     assert match, "served a generated camera that is not in the pool"
@@ -194,20 +204,22 @@ def test_datamanager_serves_generated_views_with_configured_ratio(scene, tmp_pat
     dm.config.p_input = 0.0
     assert all(dm.next_train(draws + 20 + i)[1][GENERATED_KEY] for i in range(20))
     # one pass over the pool before any frame repeats (shuffled without replacement)
-    dm._next_due, dm._frame_order = 10**9, []
-    images = [dm.next_train(draws + 40 + i)[1]["image"] for i in range(2 * G)]
+    gen.pool.reshuffle()
+    images = [dm.next_train(draws + 40 + i)[1]["image"] for i in range(2 * G)]  # no generation in between
     assert len({im.numpy().tobytes() for im in images}) == 2 * G
 
 
 def test_pose_order_random_flag_reaches_the_sampler(scene, tmp_path):
     pipe = make_pipeline(
-        scene, tmp_path, pipeline__datamanager__pose_sampler__order="random", pipeline__datamanager__async_generation=False
+        scene,
+        tmp_path,
+        pipeline__generation__pose_sampler__order="random",
+        pipeline__generation__async_generation=False,
     )
-    dm = pipe.datamanager
-    assert dm.pose_sampler.config.order == "random"
-    dm.next_train(0)
-    first = dm.history[0].poses
-    inputs = dm.train_dataset.cameras.camera_to_worlds
+    assert pipe.generation.pose_sampler.config.order == "random"
+    next_batch(pipe, 0)
+    first = pipe.generation.history[0].poses
+    inputs = pipe.datamanager.train_dataset.cameras.camera_to_worlds
     assert min(float((first[0] - c).abs().max()) for c in inputs) > 1e-3  # not anchored at an input
 
 
@@ -219,12 +231,12 @@ def test_sync_and_async_give_the_same_first_pool(scene, tmp_path):
     renders of the model at its launch step, which lags behind the step where it joins the pool (and behind the sync
     schedule when sampling takes longer than generate_every steps).
     """
-    sync = make_pipeline(scene, tmp_path / "sync", pipeline__datamanager__async_generation=False)
-    sync.datamanager.next_train(0)
-    reference = sync.datamanager.pool[0]
+    sync = make_pipeline(scene, tmp_path / "sync", pipeline__generation__async_generation=False)
+    next_batch(sync, 0)
+    reference = sync.generation.pool.clips[0]
 
-    pipe = make_pipeline(scene, tmp_path / "async", pipeline__datamanager__async_generation=True)
-    dm = pipe.datamanager
+    pipe = make_pipeline(scene, tmp_path / "async", pipeline__generation__async_generation=True)
+    gen = pipe.generation
     gate, original = threading.Event(), pipe.generator.sample
 
     def gated_sample(*args, **kwargs):
@@ -233,11 +245,11 @@ def test_sync_and_async_give_the_same_first_pool(scene, tmp_path):
         return original(*args, **kwargs)
 
     pipe.generator.sample = gated_sample
-    _, batch = dm.next_train(0)
-    assert not batch[GENERATED_KEY] and dm.pool == []  # training goes on while the clip is being sampled
+    _, batch = next_batch(pipe, 0)
+    assert not batch[GENERATED_KEY] and len(gen.pool) == 0  # training goes on while the clip is being sampled
     gate.set()
-    dm.wait_for_generation()
-    clip = dm.pool[0]
+    gen.wait()
+    clip = gen.pool.clips[0]
     assert torch.equal(clip.poses, reference.poses)
     assert torch.equal(clip.renders, reference.renders)
     assert torch.equal(clip.images, reference.images)
@@ -248,8 +260,11 @@ def test_one_shot_generates_the_iterative_run_s_clips_once_from_the_initial_stat
     """Paper's one-shot ablation: the same clips (count, poses, order) as the iterative run, all sampled at step 0."""
     steps, every = 30, 5
     config = itergen_config(
-        scene, tmp_path / "oneshot", steps=steps, pipeline__datamanager__one_shot=True,
-        pipeline__datamanager__generate_every=every,
+        scene,
+        tmp_path / "oneshot",
+        steps=steps,
+        pipeline__generation__one_shot=True,
+        pipeline__generation__generate_every=every,
     )
     calls = []
 
@@ -264,14 +279,14 @@ def test_one_shot_generates_the_iterative_run_s_clips_once_from_the_initial_stat
         generator.sample = counted
 
     trainer = train(config, on_setup=count_calls)  # nerfstudio's Trainer, 30 steps
-    dm = trainer.pipeline.datamanager
-    assert calls == [G] * (steps // every) and dm.num_generations == steps // every
-    assert all(clip.step == 0 for clip in dm.history) and len(dm.pool) == steps // every  # fixed set, all kept
+    gen = trainer.pipeline.generation
+    assert calls == [G] * (steps // every) and gen.num_generations == steps // every
+    assert all(clip.step == 0 for clip in gen.history) and len(gen.pool) == steps // every  # fixed set, all kept
     assert (config.get_base_dir() / "nerfstudio_models" / "step-000000029.ckpt").is_file()
 
-    iterative = make_pipeline(scene, tmp_path / "iter", pipeline__datamanager__generate_every=every)
-    for oneshot_clip in dm.history:
-        assert torch.equal(oneshot_clip.poses, iterative.datamanager.pose_sampler.next_clip(G))
+    iterative = make_pipeline(scene, tmp_path / "iter", pipeline__generation__generate_every=every)
+    for oneshot_clip in gen.history:
+        assert torch.equal(oneshot_clip.poses, iterative.generation.pose_sampler.next_clip(G))
 
 
 def test_sampling_defaults_come_from_the_model_directory(scene, tmp_path):
@@ -279,16 +294,22 @@ def test_sampling_defaults_come_from_the_model_directory(scene, tmp_path):
     from itergen_ns.diffusion.sampling import ClipStatistics, SamplingConfig
 
     torch.manual_seed(0)
-    cfg = tiny_config(sampling=SamplingConfig(num_inference_steps=3, guidance_3d=0.6, guidance_input=1.2, render_noise=0.0))
+    cfg = tiny_config(
+        sampling=SamplingConfig(num_inference_steps=3, guidance_3d=0.6, guidance_input=1.2, render_noise=0.0)
+    )
     cfg.clip_statistics = ClipStatistics(2.5, 20.0, 3.0, 0.0, 4)
     path = tmp_path / "model"
     IterGenVideoPipeline(IterGenDiffusionModel.from_config(cfg)).save_pretrained(path)
     pipe = make_pipeline(
         scene, tmp_path / "run", pipeline__generator__checkpoint=path, pipeline__generator__num_inference_steps=None
     )
-    assert pipe.generator.sampling == SamplingConfig(num_inference_steps=3, guidance_3d=0.6, guidance_input=1.2, render_noise=0.0)
-    assert pipe.datamanager.pose_sampler.degrees_per_frame == 2.5  # the training clips' step
-    over = make_pipeline(scene, tmp_path / "run2", pipeline__generator__checkpoint=path, pipeline__generator__guidance_3d=0.9)
+    assert pipe.generator.sampling == SamplingConfig(
+        num_inference_steps=3, guidance_3d=0.6, guidance_input=1.2, render_noise=0.0
+    )
+    assert pipe.generation.pose_sampler.degrees_per_frame == 2.5  # the training clips' step
+    over = make_pipeline(
+        scene, tmp_path / "run2", pipeline__generator__checkpoint=path, pipeline__generator__guidance_3d=0.9
+    )
     assert over.generator.sampling.guidance_3d == 0.9 and over.generator.sampling.num_inference_steps == 2
 
 
@@ -297,12 +318,16 @@ def test_plucker_model_trains_in_itergen(scene, tmp_path):
     path = tmp_path / "plucker"
     IterGenVideoPipeline(IterGenDiffusionModel.from_config(tiny_config(extra_maps=("plucker",)))).save_pretrained(path)
     config = itergen_config(
-        scene, tmp_path / "run", steps=5, pipeline__generator__checkpoint=path,
-        pipeline__datamanager__async_generation=False, pipeline__datamanager__p_input=0.0,
+        scene,
+        tmp_path / "run",
+        steps=5,
+        pipeline__generator__checkpoint=path,
+        pipeline__generation__async_generation=False,
+        pipeline__datamanager__p_input=0.0,
     )
     trainer = train(config)
-    dm = trainer.pipeline.datamanager
-    assert dm.num_generations == 1 and dm.history[0].images.std() > 0.01
+    gen = trainer.pipeline.generation
+    assert gen.num_generations == 1 and gen.history[0].images.std() > 0.01
 
 
 def test_warped_input_model_trains_in_itergen(scene, tmp_path):
@@ -314,28 +339,28 @@ def test_warped_input_model_trains_in_itergen(scene, tmp_path):
     IterGenVideoPipeline(IterGenDiffusionModel.from_config(tiny_config(extra_maps=maps))).save_pretrained(path)
     config = itergen_config(
         scene, tmp_path / "run", steps=5, pipeline__generator__checkpoint=path,
-        pipeline__datamanager__async_generation=False, pipeline__datamanager__p_input=0.0,
+        pipeline__generation__async_generation=False, pipeline__datamanager__p_input=0.0,
     )  # fmt: skip
     trainer = train(config)
-    dm = trainer.pipeline.datamanager
-    assert dm.generator.needs_depth and dm.num_generations == 1 and dm.history[0].images.std() > 0.01
-    cameras = dm.generated_cameras(dm._input_poses[:, :3])
-    renders, depth = dm._render(cameras)
+    gen = trainer.pipeline.generation
+    assert gen.generator.needs_depth and gen.num_generations == 1 and gen.history[0].images.std() > 0.01
+    cameras = gen.generated_cameras(gen.inputs.poses[:, :3])
+    renders, depth = gen.render(cameras)
     assert float((depth > 0).float().mean()) > 0.2
-    warped = dm.warp_inputs(cameras, renders, depth)
+    warped = gen.warp_inputs(cameras, renders, depth)
     seen = (depth > 0)[:, None].expand_as(warped)
-    assert float((warped - dm._input_images).abs()[seen].mean()) < 0.02
+    assert float((warped - gen.inputs.images).abs()[seen].mean()) < 0.02
     torch.testing.assert_close(warped[~seen], renders[~seen])
 
 
 def test_render_noise_override_changes_samples(scene, tmp_path):
     pipe = make_pipeline(scene, tmp_path, pipeline__generator__render_noise=0.0)
-    gen, dm = pipe.generator, pipe.datamanager
+    gen, generation = pipe.generator, pipe.generation
     assert gen.sampling.render_noise == 0.0
-    poses = dm.pose_sampler.next_clip(G)
-    renders = dm.render_clip(dm.generated_cameras(poses))
+    poses = generation.pose_sampler.next_clip(G)
+    renders = generation.render(generation.generated_cameras(poses))[0]
     target = torch.cat([poses, torch.tensor([[[0.0, 0.0, 0.0, 1.0]]]).expand(G, 1, 4)], dim=1)
-    args = (renders, dm._input_images, dm._input_poses, target)
+    args = (renders, generation.inputs.images, generation.inputs.poses, target)
     a, b = gen.sample(*args, seed=1), gen.sample(*args, seed=1)
     assert torch.equal(a, b)
     gen.sampling = gen.sampling.with_overrides(render_noise=0.5)
@@ -352,7 +377,7 @@ def test_bad_generator_checkpoints_fail_at_setup(scene, tiny_checkpoint, tmp_pat
             scene,
             tmp_path,
             pipeline__generator__checkpoint=tiny_checkpoint,
-            pipeline__datamanager__num_generated_frames=12,
+            pipeline__generation__num_generated_frames=12,
         )
     with pytest.raises(ValueError, match=r"resolution 32x32, but the run expects 64x64"):
         make_pipeline(
@@ -376,7 +401,7 @@ def test_bad_generator_checkpoints_fail_at_setup(scene, tiny_checkpoint, tmp_pat
     pipe = make_pipeline(
         scene, tmp_path, pipeline__generator__checkpoint=tiny_checkpoint, pipeline__generator__expected_resolution=32
     )
-    assert pipe.generator.num_frames == G and pipe.datamanager.num_frames == G
+    assert pipe.generator.num_frames == G and pipe.generation.num_frames == G
 
 
 def test_zero_or_too_many_input_views_fail_at_setup(scene, tmp_path):
@@ -496,8 +521,7 @@ def test_viewer_panel_shows_generated_clips_as_they_arrive(scene, tmp_path):
     import viser
     from viser import _messages
 
-    pipe = make_pipeline(scene, tmp_path, pipeline__datamanager__async_generation=False)
-    dm = pipe.datamanager
+    pipe = make_pipeline(scene, tmp_path, pipeline__generation__async_generation=False)
     server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
     try:
         sent = []
@@ -511,9 +535,9 @@ def test_viewer_panel_shows_generated_clips_as_they_arrive(scene, tmp_path):
         assert pipe.panel is not None and "No clip" in pipe.panel.markdown.content
         assert not [m for m in sent if isinstance(m, _messages.CameraFrustumMessage)]
 
-        dm.next_train(0)
+        next_batch(pipe, 0)
         update.func(0)
-        clip = dm.history[0]
+        clip = pipe.generation.history[0]
         frusta = [m for m in sent if isinstance(m, _messages.CameraFrustumMessage)]
         assert [m.name for m in frusta] == [f"/itergen/generated/frame_{i:03d}" for i in range(G)]
         handles = pipe.panel.handles
@@ -532,7 +556,7 @@ def test_viewer_panel_shows_generated_clips_as_they_arrive(scene, tmp_path):
         assert sent == []
 
         for step in range(1, 11):
-            dm.next_train(step)
+            next_batch(pipe, step)
         update.func(10)
         removed = [m.name for m in sent if isinstance(m, _messages.RemoveSceneNodeMessage)]
         assert sorted(removed) == [f"/itergen/generated/frame_{i:03d}" for i in range(G)]
@@ -656,7 +680,7 @@ def test_depth_init_missing_model_is_a_clear_error(scene, tmp_path):
 def test_float_scheduler_matches_nerfstudio_and_pickles_plain_floats():
     from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 
-    from itergen_ns.method_configs import FloatExponentialDecaySchedulerConfig
+    from itergen_ns.engine.schedulers import FloatExponentialDecaySchedulerConfig
 
     for kwargs in (dict(lr_final=1.6e-6, max_steps=50), dict(lr_final=5e-7, max_steps=50, warmup_steps=10)):
         lrs = []

@@ -143,7 +143,9 @@ def test_export_snapshots_survives_sigkill(scenes, tmp_path, seed) -> None:
             a, b = getattr(got, key), getattr(want, key)
             assert (a is None) == (b is None) and (a is None or np.array_equal(a, b)), (name, key)
         drop = ("seconds", "created")
-        assert {k: v for k, v in got.meta.items() if k not in drop} == {k: v for k, v in want.meta.items() if k not in drop}
+        assert {k: v for k, v in got.meta.items() if k not in drop} == {
+            k: v for k, v in want.meta.items() if k not in drop
+        }
     print(f"export-snapshots: {kills} kills survived, {len(done)} shard(s) finished before the last rerun")
 
 

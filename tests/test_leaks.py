@@ -28,7 +28,7 @@ from test_sparse_dataparser import write_dataset
 
 from itergen_ns.data.co3d_dataparser import CO3DDataParserConfig
 from itergen_ns.data.sparse_dataparser import SparseNerfstudioDataParserConfig
-from itergen_ns.training.frames import all_frames_outputs
+from itergen_ns.data.all_frames import all_frames_outputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -129,9 +129,7 @@ def test_sparse_normalisation_ignores_heldout_frames(tmp_path) -> None:
     input_files = ["images/frame_00003.png", "images/frame_00007.png", "images/frame_00012.png"]
     for chosen in (input_files[:1], input_files):
         keep_all = sorted(f["file_path"] for f in meta["frames"])
-        full = SparseNerfstudioDataParserConfig(
-            data=data, input_views=tuple(keep_all.index(f) for f in chosen)
-        ).setup()
+        full = SparseNerfstudioDataParserConfig(data=data, input_views=tuple(keep_all.index(f) for f in chosen)).setup()
         # a copy of the scene without most held-out frames (positions of the inputs shift)
         few = [f for f in meta["frames"] if f["file_path"] in chosen or int(f["file_path"][-6:-4]) % 3 == 0]
         (tmp_path / "few").mkdir(exist_ok=True)
@@ -144,7 +142,9 @@ def test_sparse_normalisation_ignores_heldout_frames(tmp_path) -> None:
             data=tmp_path / "few", input_views=tuple(keep_few.index(f) for f in chosen)
         ).setup()
         a, b = full.get_dataparser_outputs("train"), fewer.get_dataparser_outputs("train")
-        assert [p.name for p in a.image_filenames] == [p.name for p in b.image_filenames] == [Path(f).name for f in chosen]
+        assert (
+            [p.name for p in a.image_filenames] == [p.name for p in b.image_filenames] == [Path(f).name for f in chosen]
+        )
         assert torch.equal(a.cameras.camera_to_worlds, b.cameras.camera_to_worlds)
         assert torch.equal(a.dataparser_transform, b.dataparser_transform) and a.dataparser_scale == b.dataparser_scale
         # the held-out frames both copies have are transformed identically too

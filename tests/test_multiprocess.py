@@ -143,7 +143,9 @@ def test_two_process_checkpoint_resumes_in_one_process(two_process_run, snapshot
     model = IterGenDiffusionModel.from_pretrained(two / "latest")  # what itergen loads
     assert model.num_frames == 4
     ckpt = two / "checkpoints" / f"step_{CKPT_EVERY:08d}"
-    resumed = train(TrainDiffusionConfig(data=snapshots, output_dir=base / "resumed", resume=str(ckpt), **DIFFUSION_ARGS))
+    resumed = train(
+        TrainDiffusionConfig(data=snapshots, output_dir=base / "resumed", resume=str(ckpt), **DIFFUSION_ARGS)
+    )
     one = two_process_run["one"].losses
     assert sorted(resumed.losses) == list(range(CKPT_EVERY + 1, STEPS + 1))
     diffs = [abs(resumed.losses[s] - one[s]) / abs(one[s]) for s in resumed.losses]

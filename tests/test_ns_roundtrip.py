@@ -102,7 +102,7 @@ def ns_train_args(method: str, scene: Path, out: Path) -> list:
     extra = []
     if method == "itergen":
         extra = ["--pipeline.generator.random-init", "True", "--pipeline.generator.num-inference-steps", 2,
-                 "--pipeline.datamanager.generate-every", 5]  # fmt: skip
+                 "--pipeline.generation.generate-every", 5]  # fmt: skip
     return [BIN / "ns-train", method, "--data", scene, "--output-dir", out, "--experiment-name", "rt",
             "--timestamp", "run", "--machine.device-type", "cpu", "--machine.seed", SEED,
             "--max-num-iterations", STEPS, "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
@@ -230,7 +230,10 @@ def viewer_session(config: Path, camera_message, log: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    return tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=3, num_frames=FRAMES, size=SIZE, shadows=False) / "scene_0000"
+    return (
+        tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=3, num_frames=FRAMES, size=SIZE, shadows=False)
+        / "scene_0000"
+    )
 
 
 @pytest.fixture(scope="module")

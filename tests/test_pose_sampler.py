@@ -100,7 +100,11 @@ def test_each_input_starts_a_chain_and_chains_are_continuous():
 
 def test_step_and_elevation_prior_come_from_the_training_clips():
     stats = ClipStatistics(
-        degrees_per_frame=1.8, mean_elevation_degrees=ELEVATION, elevation_std_degrees=3.0, zoom_log_std=0.0, num_clips=5
+        degrees_per_frame=1.8,
+        mean_elevation_degrees=ELEVATION,
+        elevation_std_degrees=3.0,
+        zoom_log_std=0.0,
+        num_clips=5,
     )
     s = PoseSamplerConfig(elevation_step_degrees=0.0).setup(input_c2w=inputs()[:1], seed=0, clip_statistics=stats)
     assert torch.allclose(s.orbit.up, UP, atol=1e-6)  # level: prior = the true elevation
@@ -108,7 +112,10 @@ def test_step_and_elevation_prior_come_from_the_training_clips():
     az = azimuths_of(s, clip)
     np.testing.assert_allclose([abs(signed_delta(a, b)) for a, b in zip(az[:-1], az[1:])], 1.8, atol=1e-3)
     # an explicit setting wins over the statistics; without statistics the documented fallback applies
-    assert PoseSamplerConfig(degrees_per_frame=3.0).setup(input_c2w=inputs(), clip_statistics=stats).degrees_per_frame == 3.0
+    assert (
+        PoseSamplerConfig(degrees_per_frame=3.0).setup(input_c2w=inputs(), clip_statistics=stats).degrees_per_frame
+        == 3.0
+    )
     assert PoseSamplerConfig().setup(input_c2w=inputs()).degrees_per_frame == FALLBACK_DEGREES_PER_FRAME
 
 
@@ -233,7 +240,9 @@ def test_sampled_cameras_stay_in_the_capture_elevation_band(num_inputs):
         worst = max(worst, band.min() - el.min(), el.max() - band.max())
         if num_inputs == 1:  # the camera's own up as the orbit axis (the old rule) leaves the band far behind
             s.orbit.up = capture[idx[0], :, 1].double()
-            worst_old = max(worst_old, band.min() - true_elevations(torch.cat([s.next_clip(G) for _ in range(12)])).min())
+            worst_old = max(
+                worst_old, band.min() - true_elevations(torch.cat([s.next_clip(G) for _ in range(12)])).min()
+            )
     assert worst <= BAND_MARGIN_DEGREES[num_inputs], worst
     if num_inputs == 1:
         assert worst_old > BAND_MARGIN_DEGREES[1] + 10, worst_old

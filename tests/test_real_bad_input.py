@@ -22,7 +22,13 @@ import pytest
 from PIL import Image
 
 from itergen_ns.data.co3d_dataparser import CO3DDataError
-from itergen_ns.data.image_checks import ImageOrientationError, ImageSizeError, InputDataError, IntrinsicsError, PoseError
+from itergen_ns.data.image_checks import (
+    ImageOrientationError,
+    ImageSizeError,
+    InputDataError,
+    IntrinsicsError,
+    PoseError,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 APPLE_CATEGORY = DATA / "co3d_apple" / "apple"
@@ -106,7 +112,7 @@ def fails_before_training(error, data: Path, tmp_path: Path, views: int = 3, par
     """Set up ``itergen-splatfacto`` as ``ns-train`` would (the auto parser from --data, or ``parser`` as with the
     ``co3d`` / ``itergen-scene`` subcommands) and expect ``error`` while the data is parsed: the trainer never
     reaches its first step and writes no checkpoint. Returns the message."""
-    from itergen_ns.training.runner import TrainSpec, build_config, train
+    from itergen_ns.engine.runner import TrainSpec, build_config, train
 
     spec = TrainSpec(
         method="itergen-splatfacto",
@@ -260,8 +266,20 @@ def test_ns_train_ends_with_the_one_line_error(tmp_path):
     ns_train = Path(sys.executable).parent / "ns-train"
     if not ns_train.exists():
         pytest.skip(f"{ns_train} not installed")
-    cmd = [str(ns_train), "itergen-splatfacto", "--data", str(scene), "--max-num-iterations", "5",
-           "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True", "--output-dir", str(tmp_path / "o")]
+    cmd = [
+        str(ns_train),
+        "itergen-splatfacto",
+        "--data",
+        str(scene),
+        "--max-num-iterations",
+        "5",
+        "--vis",
+        "tensorboard",
+        "--viewer.quit-on-train-completion",
+        "True",
+        "--output-dir",
+        str(tmp_path / "o"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]

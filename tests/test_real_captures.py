@@ -164,7 +164,7 @@ def test_middlebury_rings_parse_and_frame(name):
 
 # ------------------------------------------------------------------------------------------------ training
 def _spec(method: str, data: Path, out: Path, steps: int, views: int, frame_size: int, **overrides):
-    from itergen_ns.training.runner import TrainSpec, build_config
+    from itergen_ns.engine.runner import TrainSpec, build_config
 
     spec = TrainSpec(
         method=method,
@@ -184,7 +184,8 @@ def _spec(method: str, data: Path, out: Path, steps: int, views: int, frame_size
 
 def heldout_psnr(pipeline) -> List[float]:
     """PSNR (dB) of the model's render at every held-out (eval split) frame against its ground truth."""
-    from itergen_ns.training.frames import load_frames, render_all_frames
+    from itergen_ns.data.all_frames import load_frames
+    from itergen_ns.models.rendering import render_all_frames
 
     dataset = pipeline.datamanager.eval_dataset
     renders = render_all_frames(pipeline.model, dataset.cameras).astype(np.float64) / 255.0
@@ -210,7 +211,7 @@ BASELINE = {
 def test_baseline_200_steps_raise_heldout_psnr(name, tmp_path):
     """200 itergen-splatfacto steps from 3 real views raise the held-out PSNR over the initial state (the initial
     Gaussians rendered before the first step) by at least the stated floor."""
-    from itergen_ns.training.runner import train
+    from itergen_ns.engine.runner import train
 
     data = need(SCENES[name])
     size, floor, share = BASELINE[name]
@@ -222,7 +223,9 @@ def test_baseline_200_steps_raise_heldout_psnr(name, tmp_path):
     after = heldout_psnr(trainer.pipeline)
     gain = float(np.mean(after) - np.mean(before["psnr"]))
     better = float(np.mean(np.array(after) > np.array(before["psnr"])))
-    print(f"{name}: held-out PSNR {np.mean(before['psnr']):.2f} -> {np.mean(after):.2f} dB ({gain:+.2f}), {better:.0%} better")
+    print(
+        f"{name}: held-out PSNR {np.mean(before['psnr']):.2f} -> {np.mean(after):.2f} dB ({gain:+.2f}), {better:.0%} better"
+    )
     assert gain > floor, f"{name}: held-out PSNR gain {gain:.2f} dB <= {floor} dB"
     assert better >= share
 
@@ -239,21 +242,23 @@ def test_itergen_20_steps_then_ns_render_dataset(name, tmp_path):
     reloads the saved config and checkpoint and writes a render and the ground truth of every held-out frame."""
     from nerfstudio.scripts.render import DatasetRender
 
-    from itergen_ns.training.runner import train
+    from itergen_ns.engine.runner import train
 
     data = need(SCENES[name])
-    overrides = {"pipeline.datamanager.generate_every": 10, **_generator_overrides()}  # clips join within 20 steps
+    overrides = {"pipeline.generation.generate_every": 10, **_generator_overrides()}  # clips join within 20 steps
     config = _spec("itergen", data, tmp_path / "run", steps=20, views=3, frame_size=64, **overrides)
     trainer = train(config)
     assert trainer.step == 19
-    dm = trainer.pipeline.datamanager
-    assert dm.num_generations >= 1 and dm.pool, "no generated clip reached the training pool"
-    clip = dm.pool[0]
+    generation = trainer.pipeline.generation
+    assert generation.num_generations >= 1 and generation.pool, "no generated clip reached the training pool"
+    clip = generation.pool.clips[0]
     assert clip.cameras.shape[0] == clip.images.shape[0] >= 2 and torch.isfinite(clip.images).all()
     config_path = config.get_base_dir() / "config.yml"
     assert config_path.is_file() and any((config.get_base_dir() / "nerfstudio_models").glob("step-*.ckpt"))
     out = tmp_path / "renders"
-    DatasetRender(load_config=config_path, output_path=out, split="test", rendered_output_names=["rgb", "gt-rgb"]).main()
+    DatasetRender(
+        load_config=config_path, output_path=out, split="test", rendered_output_names=["rgb", "gt-rgb"]
+    ).main()
     heldout = 17 if name == "apple" else 13
     rgb = sorted((out / "test" / "rgb").glob("*"))
     gt = sorted((out / "test" / "gt-rgb").glob("*"))

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from conftest import tiny_scenes
-from itergen_ns.itergen.datamanager import IterGenDataManager
-from itergen_ns.training.frames import all_frames_outputs, render_all_frames
-from itergen_ns.training.runner import TrainSpec, build_config, train
+from itergen_ns.itergen.generation import ClipGeneration
+from itergen_ns.data.all_frames import all_frames_outputs
+from itergen_ns.models.rendering import render_all_frames
+from itergen_ns.engine.runner import TrainSpec, build_config, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,37 +26,40 @@ OVERRIDES = {
     "pipeline.datamanager.init_num_points": "500",
     "pipeline.generator.num_inference_steps": "2",
     "pipeline.generator.random_init": "True",
-    "pipeline.datamanager.generate_every": "10",
-    "pipeline.datamanager.async_generation": "True",
+    "pipeline.generation.generate_every": "10",
+    "pipeline.generation.async_generation": "True",
 }
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    return tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=11, num_frames=12, size=32, shadows=False) / "scene_0000"
+    return (
+        tiny_scenes(tmp_path_factory.mktemp("scenes"), 1, seed=11, num_frames=12, size=32, shadows=False) / "scene_0000"
+    )
 
 
 def _run(scene: Path, out: Path, seed: int = 0):
-    spec = TrainSpec(method="itergen", data=scene, output_dir=out, num_input_views=2, steps=30, seed=seed,
-                     overrides=dict(OVERRIDES))
+    spec = TrainSpec(
+        method="itergen", data=scene, output_dir=out, num_input_views=2, steps=30, seed=seed, overrides=dict(OVERRIDES)
+    )
     trainer = train(build_config(spec))
-    dm = trainer.pipeline.datamanager
+    dm, generation = trainer.pipeline.datamanager, trainer.pipeline.generation
     renders = render_all_frames(trainer.pipeline.model, all_frames_outputs(dm).cameras)
     params = {k: v.detach().clone() for k, v in trainer.pipeline.model.gauss_params.items()}
-    joins = [clip.step for clip in dm.history]
-    return renders, params, joins, [int(c.step) for c in dm.history]
+    joins = [clip.step for clip in generation.history]
+    return renders, params, joins, [int(c.step) for c in generation.history]
 
 
 def test_same_seed_same_result_whatever_the_worker_timing(scene: Path, tmp_path: Path, monkeypatch) -> None:
     fast = _run(scene, tmp_path / "a")
-    original = IterGenDataManager._sample
+    original = ClipGeneration._sample
     delays = iter([0.4, 0.0, 0.3, 0.1, 0.5, 0.2])
 
     def slow_sample(self, *args, **kwargs):
         time.sleep(next(delays, 0.0))  # the worker finishes at a different training step than in run a
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(IterGenDataManager, "_sample", slow_sample)
+    monkeypatch.setattr(ClipGeneration, "_sample", slow_sample)
     slow = _run(scene, tmp_path / "b")
     assert fast[2] == slow[2] and len(fast[2]) >= 2  # same clips, launched at the same steps
     for key in fast[1]:

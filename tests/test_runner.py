@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from itergen_ns.eval import baseline
-from itergen_ns.training.runner import TrainSpec, build_config
+from itergen_ns.engine.runner import TrainSpec, build_config
 
 
 def test_string_overrides_take_the_fields_types(tmp_path: Path) -> None:
@@ -19,18 +19,20 @@ def test_string_overrides_take_the_fields_types(tmp_path: Path) -> None:
         overrides={
             "pipeline.model.sh_degree": "1",
             "pipeline.datamanager.p_input": "1",  # float field: an int string becomes 1.0
-            "pipeline.datamanager.one_shot": "true",
+            "pipeline.generation.one_shot": "true",
             "pipeline.generator.checkpoint": "runs/diffusion/latest",  # Optional[Path], None now
         },
     )
     config = build_config(spec)
     assert config.pipeline.model.sh_degree == 1
     assert config.pipeline.datamanager.p_input == 1.0 and isinstance(config.pipeline.datamanager.p_input, float)
-    assert config.pipeline.datamanager.one_shot is True
+    assert config.pipeline.generation.one_shot is True
     assert config.pipeline.generator.checkpoint == Path("runs/diffusion/latest")
     assert config.max_num_iterations == 100
     with pytest.raises(ValueError, match="sh_degre"):
-        build_config(TrainSpec(method="itergen", data=tmp_path, output_dir=tmp_path, overrides={"pipeline.model.sh_degre": "1"}))
+        build_config(
+            TrainSpec(method="itergen", data=tmp_path, output_dir=tmp_path, overrides={"pipeline.model.sh_degre": "1"})
+        )
 
 
 def test_train_baseline_passes_its_overrides(tmp_path: Path, monkeypatch) -> None:
@@ -54,7 +56,7 @@ def test_checkpoints_are_written_atomically(tmp_path: Path, monkeypatch) -> None
 
     import torch
 
-    from itergen_ns.method_configs import ItergenTrainer
+    from itergen_ns.engine.trainer import ItergenTrainer
 
     param = torch.nn.Parameter(torch.arange(3.0))
     opt = torch.optim.Adam([param])
@@ -68,8 +70,11 @@ def test_checkpoints_are_written_atomically(tmp_path: Path, monkeypatch) -> None
     ItergenTrainer.save_checkpoint(trainer, 10)
     real_save = torch.save
 
-    def dies_mid_write(obj, path, *args, **kwargs):
-        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+    def dies_mid_write(obj, f, *args, **kwargs):  # f: a path or an open file
+        if isinstance(f, (str, Path)):
+            Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        else:
+            f.write(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dies_mid_write)

@@ -161,7 +161,9 @@ def test_index_and_arrays(exported, scenes: Path) -> None:
         for i in (0, FRAMES - 1):
             np.testing.assert_array_equal(shard.images[i], np.asarray(Image.open(scene / f"images/frame_{i:05d}.png")))
             if with_masks:
-                np.testing.assert_array_equal(shard.masks[i], np.asarray(Image.open(scene / f"masks/frame_{i:05d}.png")))
+                np.testing.assert_array_equal(
+                    shard.masks[i], np.asarray(Image.open(scene / f"masks/frame_{i:05d}.png"))
+                )
         # intrinsics are the file's; poses are the file's up to one similarity (nerfstudio's normalisation)
         tf = json.loads((scene / "transforms.json").read_text())
         np.testing.assert_allclose(shard.intrinsics, [[tf["fl_x"], tf["fl_y"], tf["cx"], tf["cy"]]] * FRAMES, rtol=1e-6)
@@ -272,8 +274,16 @@ def test_bad_arguments_are_refused_before_training(scenes: Path, tmp_path: Path)
 
 def test_scene_discovery_and_runs_per_scene(scenes: Path, tmp_path: Path) -> None:
     assert [p.name for p in discover_scenes([scenes])] == ["scene_0000", "scene_0001"]
-    assert [p.name for p in discover_scenes([scenes], include_heldout=True)] == ["scene_0000", "scene_0001", "scene_0002"]
-    assert [p.name for p in discover_scenes([scenes / "scene_0002", scenes])] == ["scene_0002", "scene_0000", "scene_0001"]
+    assert [p.name for p in discover_scenes([scenes], include_heldout=True)] == [
+        "scene_0000",
+        "scene_0001",
+        "scene_0002",
+    ]
+    assert [p.name for p in discover_scenes([scenes / "scene_0002", scenes])] == [
+        "scene_0002",
+        "scene_0000",
+        "scene_0001",
+    ]
     jobs = _config(scenes, tmp_path, runs_per_scene=3).jobs()
     names = [shard_name(s, r) for s, r in jobs]
     assert names == [f"{scenes.name}_scene_000{i}__run0{r}" for i in range(2) for r in range(3)]
@@ -285,7 +295,9 @@ def test_num_views_distribution_favours_one_to_three() -> None:
     rng = np.random.default_rng(0)
     draws = np.array([draw_num_views(rng, 1.5, 1, 6) for _ in range(20000)])
     frac = np.bincount(draws, minlength=7)[1:] / len(draws)
-    np.testing.assert_allclose(frac[:3], [1 - np.exp(-2 / 3), np.exp(-2 / 3) - np.exp(-4 / 3), np.exp(-4 / 3) - np.exp(-2)], atol=0.015)
+    np.testing.assert_allclose(
+        frac[:3], [1 - np.exp(-2 / 3), np.exp(-2 / 3) - np.exp(-4 / 3), np.exp(-4 / 3) - np.exp(-2)], atol=0.015
+    )
     assert frac[:3].sum() > 0.85 and draws.min() == 1 and draws.max() == 6
     clipped = [draw_num_views(rng, 1.5, 2, 3) for _ in range(2000)]
     assert set(clipped) == {2, 3}
@@ -293,7 +305,7 @@ def test_num_views_distribution_favours_one_to_three() -> None:
 
 
 def test_overrides_take_the_type_of_the_field() -> None:
-    from itergen_ns.training.runner import method_config
+    from itergen_ns.engine.runner import method_config
 
     config = method_config("itergen-splatfacto")
     apply_overrides(config, {

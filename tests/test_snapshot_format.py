@@ -164,7 +164,10 @@ def test_summarize_reports_scenes_snapshots_and_disk_bytes(tmp_path: Path) -> No
     write_shard(tmp_path, "x__run00", _arrays(), {"scene": "x", "num_frames": F, "steps": [0, 10, 20]})
     write_shard(tmp_path, "x__run01", _arrays(), {"scene": "x", "num_frames": F, "steps": [0, 10, 20]})
     rows = summarize(tmp_path)
-    assert [(r.name, r.scene, r.frames, r.snapshots) for r in rows] == [("x__run00", "x", F, S), ("x__run01", "x", F, S)]
+    assert [(r.name, r.scene, r.frames, r.snapshots) for r in rows] == [
+        ("x__run00", "x", F, S),
+        ("x__run01", "x", F, S),
+    ]
     disk = sum(f.stat().st_size for f in (tmp_path / "shards" / "x__run00").iterdir())
     assert rows[0].bytes == disk
     assert rows[0].bytes > sum(a.nbytes for a in _arrays().values())  # .npy headers + meta.json on top

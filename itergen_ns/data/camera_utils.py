@@ -7,6 +7,22 @@ from jaxtyping import Float
 from torch import Tensor
 
 
+def to_homogeneous(c2w: Float[Tensor, "*B 3 4"] | Float[Tensor, "*B 4 4"]) -> Float[Tensor, "*B 4 4"]:
+    """[...,3,4] or [...,4,4] camera-to-world -> [...,4,4] (the one implementation in the package)."""
+    if c2w.shape[-2:] == (4, 4):
+        return c2w
+    if c2w.shape[-2:] != (3, 4):
+        raise ValueError(f"expected [...,3,4] or [...,4,4] poses, got {tuple(c2w.shape)}")
+    bottom = torch.zeros(*c2w.shape[:-2], 1, 4, dtype=c2w.dtype, device=c2w.device)
+    bottom[..., 0, 3] = 1.0
+    return torch.cat([c2w, bottom], dim=-2)
+
+
+def camera_intrinsics(cameras) -> Float[Tensor, "N 4"]:
+    """(fx, fy, cx, cy) in pixels of every camera of a nerfstudio ``Cameras``, on the CPU."""
+    return torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1).float().cpu()
+
+
 def nearest_point_to_axes(c2w: Float[Tensor, "N 3 4"]) -> Float[Tensor, "3"]:
     """Least-squares point closest to all optical axes (the object centre of an inward-facing capture).
 
@@ -43,14 +59,14 @@ def orbit_plane_normal(
 ) -> Float[Tensor, "3"] | None:
     """Unit normal of the plane through camera centres (an orbit's up axis), oriented like ``cam_up``.
 
-    None when the centres do not span a plane clearly (fewer than 3, or the smallest spread is more than
-    ``flatness`` times the middle one: a ball or a line of cameras has no orbit plane).
+    None when the centres do not span a plane clearly: fewer than 3, collinear, or the smallest spread is more
+    than ``flatness`` times the middle one (a ball of cameras has no orbit plane; ``math.inf`` accepts any
+    non-collinear set).
     """
     if positions.shape[0] < 3:
         return None
     positions = positions.double()
     _, s, vh = torch.linalg.svd(positions - positions.mean(0))
-    if s[-1] >= flatness * s[-2]:
+    if s[-2] <= 1e-6 * s[0].clamp_min(1e-12) or s[-1] >= flatness * s[-2]:
         return None
-    normal = vh[-1] * torch.sign(torch.dot(vh[-1], cam_up.double()) + 1e-12)
-    return normal / normal.norm()
+    return vh[-1] if torch.dot(vh[-1], cam_up.double()) >= 0 else -vh[-1]  # SVD rows are unit vectors

@@ -84,7 +84,9 @@ class SparseViewDatamanager(FullImageDatamanager):
             images = [self._uint8_image(d["image"]) for d in self.cached_train]
             cameras = self.train_dataset.cameras
             num_background = int(round(config.init_background_fraction * config.init_num_points))
-            xyz, rgb = random_points_in_bounds(cameras, images, config.init_num_points - num_background, config.init_seed)
+            xyz, rgb = random_points_in_bounds(
+                cameras, images, config.init_num_points - num_background, config.init_seed
+            )
             if num_background > 0:
                 bg_xyz, bg_rgb = background_shell_points(cameras, images, num_background, config.init_seed)
                 xyz, rgb = torch.cat([xyz, bg_xyz]), torch.cat([rgb, bg_rgb])
@@ -93,6 +95,7 @@ class SparseViewDatamanager(FullImageDatamanager):
 
     def _load_images(self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]) -> List[Dict]:
         # nerfstudio decodes in a thread pool and re-raises PIL's error without the file name; name it.
+        # (a private nerfstudio 1.1.5 method: itergen_ns.compat.LOAD_IMAGES_METHOD, checked by tests/test_compat.py)
         try:
             return super()._load_images(split, cache_images_device)
         except Exception as error:

@@ -1,4 +1,4 @@
-"""Initial point cloud from monocular depth (DESIGN §5): a transformers depth-estimation model (DPT, Depth Anything,
+"""Initial point cloud from monocular depth (docs/architecture.md, "Initialisation"): a transformers depth-estimation model (DPT, Depth Anything,
 ...) loaded from a local directory runs on the input views; its relative depth is aligned to the estimated object
 distance and every pixel becomes a coloured 3D point.
 

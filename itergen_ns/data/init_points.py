@@ -1,4 +1,4 @@
-"""Initial point clouds for sparse-view splatting when the data has none (DESIGN §5 fallback).
+"""Initial point clouds for sparse-view splatting when the data has none (docs/architecture.md, "Initialisation": the fallback).
 
 Points are drawn uniformly in a ball around the point nearest to the input cameras' axes, with a radius
 that fits the cameras' field of view, and coloured by projecting them into the input images.

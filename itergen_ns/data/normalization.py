@@ -21,11 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import math
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from itergen_ns.data.camera_utils import nearest_point_to_axes
+from itergen_ns.data.camera_utils import nearest_point_to_axes, orbit_plane_normal
 
 
 def orbit_up(c2w: Float[Tensor, "N 3 4"]) -> Float[Tensor, "3"]:
@@ -36,14 +38,8 @@ def orbit_up(c2w: Float[Tensor, "N 3 4"]) -> Float[Tensor, "3"]:
     c2w = c2w.double()
     mean_up = c2w[:, :3, 1].mean(0)
     mean_up = mean_up / mean_up.norm().clamp_min(1e-12)
-    centres = c2w[:, :3, 3]
-    if centres.shape[0] < 3:
-        return mean_up
-    _, sing, vh = torch.linalg.svd(centres - centres.mean(0), full_matrices=True)
-    if sing[1] <= 1e-6 * sing[0].clamp_min(1e-12):
-        return mean_up
-    normal = vh[2]
-    return normal if torch.dot(normal, mean_up) >= 0 else -normal
+    normal = orbit_plane_normal(c2w[:, :3, 3], mean_up, flatness=math.inf)
+    return mean_up if normal is None else normal
 
 
 def rotation_to_z(up: Float[Tensor, "3"]) -> Float[Tensor, "3 3"]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from itergen_ns.errors import InputError, write_failed
+from itergen_ns.io import atomic_path, remove_dead_temporaries
 from itergen_ns.data.procedural.environment import Environment, sample_environment
 from itergen_ns.data.procedural.hydrant import HydrantObject, sample_hydrant
 from itergen_ns.data.procedural.noise import ValueNoise
@@ -149,15 +149,12 @@ def _write_file(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _atomic_write_bytes(path: Path, data: bytes, shown: Optional[Path] = None) -> None:
-    """Write via a temporary file and rename; a failed write (e.g. a full disk) leaves no file and its error names
-    ``shown`` (default ``path``)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def _write_bytes(path: Path, data: bytes, shown: Optional[Path] = None) -> None:
+    """Write one file of a folder being assembled under a temporary name; a failed write (e.g. a full disk) raises
+    an error naming ``shown`` (default ``path``), the file as the user will look for it."""
     try:
-        _write_file(tmp, data)
-        os.replace(tmp, path)
+        _write_file(path, data)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise write_failed(shown or path, err) from err
 
 
@@ -215,24 +212,14 @@ def write_scene(
     scene_dir = Path(scene_dir)
     images, masks = scene.render(supersample=supersample, shadows=shadows, num_threads=num_threads)
     meta = transforms_dict(scene)
-    tmp = scene_dir.parent / f".tmp-{scene_dir.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "images").mkdir(parents=True)
+    with atomic_path(scene_dir, directory=True) as tmp:
+        (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         for frame, image, mask in zip(meta["frames"], images, masks):
             for key, pixels in ((frame["file_path"], image), (frame["mask_path"], mask.astype(np.uint8) * 255)):
-                _atomic_write_bytes(tmp / key, _png_bytes(pixels), shown=scene_dir / key)
-        _atomic_write_bytes(tmp / "transforms.json", (json.dumps(meta, indent=2) + "\n").encode(),
-                            shown=scene_dir / "transforms.json")  # fmt: skip
-        old = scene_dir.parent / f".old-{scene_dir.name}-{os.getpid()}"
-        if scene_dir.exists():
-            os.rename(scene_dir, old)
-        os.rename(tmp, scene_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                _write_bytes(tmp / key, _png_bytes(pixels), shown=scene_dir / key)
+        _write_bytes(tmp / "transforms.json", (json.dumps(meta, indent=2) + "\n").encode(),
+                     shown=scene_dir / "transforms.json")  # fmt: skip
 
 
 def make_scenes(
@@ -270,8 +257,7 @@ def make_scenes(
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob(".tmp-scene_*")) + list(out.glob(".old-scene_*")):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_dead_temporaries(out)  # left by a killed run
     entries: List[Dict[str, Any]] = []
     try:
         for i in range(num_scenes):
@@ -301,7 +287,8 @@ def make_scenes(
         "shadows": shadows,
         "scenes": entries,
     }
-    _atomic_write_bytes(out / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
+    with atomic_path(out / INDEX_NAME) as tmp:
+        _write_bytes(tmp, (json.dumps(index, indent=2) + "\n").encode(), shown=out / INDEX_NAME)
     return index
 
 

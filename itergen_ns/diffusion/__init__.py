@@ -3,8 +3,12 @@
 Layout (diffusers-style separation):
 
 * ``configs``   -- :class:`DiffusionModelConfig` and the named presets ``tiny`` / ``svd``
-* ``model``     -- :class:`IterGenDiffusionModel` (denoiser + frozen VAE / CLIP / DINOv2), training loss
+* ``model``     -- :class:`IterGenDiffusionModel` (denoiser + frozen VAE / CLIP / DINOv2)
+* ``components``, ``conditioning``, ``denoiser``, ``loss`` -- its parts: model directory and builders,
+  :class:`Conditioning`, the trainable network, the training loss
 * ``pipeline``  -- :class:`IterGenVideoPipeline`, the sampler with two-scale classifier-free guidance
+* ``sampling``  -- :class:`SamplingConfig`, the one set of sampler settings, saved with each model
+* ``latent_cache``, ``taef2``, ``weights`` -- cached training latents, the TAEF2 autoencoder, weight loading
 * ``guidance``, ``edm``, ``poses``, ``view_tokens``, ``image_features``, ``unet`` -- single-purpose parts
 * ``data``, ``train``, ``vae_fit``, ``visualize`` -- the standalone training script and its helpers
 """
@@ -18,7 +22,9 @@ from itergen_ns.diffusion.configs import (
     tiny_config,
 )
 from itergen_ns.diffusion.guidance import combine_guidance
-from itergen_ns.diffusion.model import Conditioning, IterGenDenoiser, IterGenDiffusionModel
+from itergen_ns.diffusion.conditioning import Conditioning
+from itergen_ns.diffusion.denoiser import IterGenDenoiser
+from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
 from itergen_ns.diffusion.weights import MissingWeightsError
 

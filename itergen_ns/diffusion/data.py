@@ -1,4 +1,4 @@
-"""Training clips for P_theta drawn from snapshot shards (DESIGN §6), read only through ``snapshots.format``.
+"""Training clips for P_theta drawn from snapshot shards (docs/architecture.md, "Snapshots"), read only through ``snapshots.format``.
 
 One item = one shard, a clip of G consecutive frames along its trajectory (random start, random direction,
 random stride in ``frame_stride``), one snapshot step, and the input views of that shard's splatfacto run
@@ -123,7 +123,9 @@ class SnapshotClipDataset(Dataset):
                 skipped.append(f"skipping corrupt snapshot shard {path}: {err}")
                 continue
             if shard.num_frames < min_span:
-                skipped.append(f"skipping snapshot shard {path}: {shard.num_frames} frames < {min_span} needed per clip")
+                skipped.append(
+                    f"skipping snapshot shard {path}: {shard.num_frames} frames < {min_span} needed per clip"
+                )
                 continue
             if len(shard.steps) == 0:
                 skipped.append(f"skipping snapshot shard {path}: no snapshot steps")

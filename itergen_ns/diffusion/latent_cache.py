@@ -12,7 +12,6 @@ do not match.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -24,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from itergen_ns.diffusion.data import _to_float_images, warp_composites
-from itergen_ns.diffusion.fileio import _pid_alive
+from itergen_ns.io import atomic_torch_save, remove_dead_temporaries
 from itergen_ns.snapshots.format import SnapshotShard
 
 Encoder = Callable[[Tensor], Tensor]
@@ -63,8 +62,15 @@ def encode_shard(
     if warped:
         everything = np.arange(n)
         warped_latents = torch.stack(
-            [torch.cat([encode(warp_composites(shard, s, everything[i : i + chunk], hw)).half()
-                        for i in range(0, n, chunk)]) for s in range(steps)]  # fmt: skip
+            [
+                torch.cat(
+                    [
+                        encode(warp_composites(shard, s, everything[i : i + chunk], hw)).half()
+                        for i in range(0, n, chunk)
+                    ]
+                )
+                for s in range(steps)
+            ]  # fmt: skip
         )
     return ShardLatents(frames=frames, renders=renders.reshape(steps, n, *renders.shape[1:]), warped=warped_latents)
 
@@ -87,10 +93,7 @@ def build_latent_cache(
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in cache_dir.glob(".tmp-*"):  # left by a killed run; a live writer's has a running pid
-            pid = stale.name.split("-")[1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                stale.unlink(missing_ok=True)
+        remove_dead_temporaries(cache_dir)  # left by a killed run (a live writer's are locked)
     out: List[ShardLatents] = []
     for shard in tqdm(shards, desc="encoding snapshot latents", disable=not progress, dynamic_ncols=True):
         file = cache_dir / f"{Path(shard.path).name}-{_cache_key(shard, hw, tag)}.pt" if cache_dir else None
@@ -100,11 +103,9 @@ def build_latent_cache(
             continue
         latents = encode_shard(shard, hw, encode, warped=warped)
         if file is not None:
-            tmp = file.with_name(f".tmp-{os.getpid()}-{file.name}")
             data = {"frames": latents.frames, "renders": latents.renders}
             if latents.warped is not None:
                 data["warped"] = latents.warped
-            torch.save(data, tmp)
-            os.replace(tmp, file)
+            atomic_torch_save(data, file)
         out.append(latents)
     return out

@@ -1,20 +1,15 @@
-"""P_theta(x_g | z_t, x_c, c_g): the render-conditioned video diffusion model, its parts, and its training loss.
+"""P_theta(x_g | z_t, x_c, c_g): the render-conditioned video diffusion model as one module.
 
-* :class:`IterGenDenoiser` (trainable): ``UNetSpatioTemporalConditionModel`` + :class:`ViewTokenizer`;
-  maps (scaled noisy latents, timestep, conditioning) to a v-prediction. This is the module that
-  ``accelerate`` wraps for (distributed) training.
-* :class:`IterGenDiffusionModel`: the denoiser plus the frozen VAE and image encoders; turns raw clips
-  (renders, input views, poses) into :class:`Conditioning` and computes the training loss.
+:class:`IterGenDiffusionModel` is the trainable :class:`~itergen_ns.diffusion.denoiser.IterGenDenoiser` plus the
+frozen VAE and image encoders and the scheduler's config. It owns construction (``from_config``,
+``from_pretrained``, ``save_pretrained``), the VAE helpers (``encode_latents`` returns scaled latents,
+``vae.encode(x).latent_dist.mode() * scaling_factor``) and its sizes. Its parts live in one module each:
 
-Latent conventions. Diffusion latents are ``vae.encode(x).latent_dist.mode() * scaling_factor`` (unit-ish
-variance). The render condition is noised in that same space, ``z_r + render_noise * eps``, and then fed
-to the UNet divided by ``scaling_factor`` -- the unscaled form SVD uses for its conditioning-image latent,
-so SVD's conv_in weights see inputs of the magnitude they were trained on. Precomputed ``render_latents``
-in snapshot shards must use the scaled convention (mode * scaling_factor) of the same VAE.
-
-``added_time_ids`` = ``[fps_id, motion_bucket_id, render_noise]``: SVD's micro-conditioning slots. fps and
-motion bucket stay at SVD's defaults (6, 127); the third slot, SVD's noise-augmentation strength of its
-conditioning image, carries our render-noise strength, which plays exactly that role.
+* :mod:`~itergen_ns.diffusion.components` -- the model directory layout and the frozen component builders;
+* :mod:`~itergen_ns.diffusion.conditioning` -- :class:`Conditioning` and how ``prepare_conditioning`` builds it
+  (latent conventions, ``added_time_ids``);
+* :mod:`~itergen_ns.diffusion.denoiser` -- the trainable network and its output parameterisation;
+* :mod:`~itergen_ns.diffusion.loss` -- the training loss behind ``training_loss``.
 """
 
 from __future__ import annotations
@@ -22,210 +17,44 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Literal, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, AutoencoderTiny, EulerDiscreteScheduler
+from diffusers import AutoencoderKLTemporalDecoder, AutoencoderTiny, EulerDiscreteScheduler
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
 
-from itergen_ns.diffusion import edm
-from itergen_ns.render.warp import nearest_input_index
+from itergen_ns.io import atomic_path
+from itergen_ns.diffusion.components import (
+    MODEL_FILE,
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    SUBFOLDERS,
+    VAE,
+    _build_clip,
+    _build_dino,
+    _build_vae,
+    _cross_attention_dim,
+    _image_encoder,
+    _scheduler_config,
+    read_model_meta,
+)
+from itergen_ns.diffusion.conditioning import Conditioning, build_conditioning
 from itergen_ns.diffusion.configs import (
     RESIDUAL_PARAMETERIZATIONS,
-    TAEF2_SOURCE,
     ComponentSource,
     DiffusionModelConfig,
     config_from_dict,
     config_to_dict,
 )
-from itergen_ns.diffusion.fileio import atomic_directory
-from itergen_ns.diffusion.image_features import ImageFeatureEncoder, ViewFeatures
-from itergen_ns.diffusion.poses import plucker_rays, relative_poses, to_homogeneous
+from itergen_ns.diffusion.denoiser import IterGenDenoiser
+from itergen_ns.diffusion.image_features import ImageFeatureEncoder
+from itergen_ns.diffusion.loss import denoising_loss
 from itergen_ns.diffusion.unet import build_unet
 from itergen_ns.diffusion.view_tokens import ViewTokenizer
 from itergen_ns.diffusion.weights import MissingWeightsError, load_pretrained
-
-MODEL_FILE = "itergen_diffusion.json"
-MODEL_FORMAT = "itergen-diffusion"
-MODEL_FORMAT_VERSION = 2  # 2: SamplingConfig + ClipStatistics in the config
-SUBFOLDERS = {"unet": "unet", "view_tokenizer": "view_tokenizer", "vae": "vae", "clip": "image_encoder", "dino": "dino"}
-
-VAE = Union[AutoencoderKLTemporalDecoder, AutoencoderKL, AutoencoderTiny]
-
-
-def read_model_meta(path: Union[str, Path]) -> Dict:
-    """The JSON index of a model directory written by ``save_pretrained`` (config, scheduler), checked."""
-    meta_file = Path(path) / MODEL_FILE
-    if not meta_file.exists():
-        raise MissingWeightsError(
-            f"{meta_file} not found: '{path}' is not an itergen diffusion checkpoint (save_pretrained output, "
-            f"e.g. runs/diffusion/latest)"
-        )
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != MODEL_FORMAT or meta.get("version") != MODEL_FORMAT_VERSION:
-        raise ValueError(f"{meta_file}: format {meta.get('format')!r} v{meta.get('version')!r} not supported")
-    return meta
-
-
-def read_model_config(path: Union[str, Path]) -> DiffusionModelConfig:
-    """A saved model's config (with its SamplingConfig and ClipStatistics) without loading any weights."""
-    return config_from_dict(read_model_meta(path)["config"])
-
-
-def randn(shape, generator: Optional[torch.Generator], device, dtype=torch.float32) -> Tensor:
-    """Gaussian noise drawn on the generator's device (reproducible across devices), then moved."""
-    gen_device = generator.device if generator is not None else torch.device(device)
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
-
-
-def rand(shape, generator: Optional[torch.Generator], device) -> Tensor:
-    gen_device = generator.device if generator is not None else torch.device(device)
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
-
-
-@dataclass
-class Conditioning:
-    """Everything the denoiser sees besides the noisy latents and the timestep (batch-first tensors)."""
-
-    render_cond: Float[Tensor, "B G C h w"]
-    """Noised render latents in UNet-input units (zeros where the 3D condition is dropped)."""
-    extra_maps: Optional[Float[Tensor, "B G E h w"]]
-    features: ViewFeatures
-    rel_poses: Float[Tensor, "B K 4 4"]
-    """Input-view poses relative to the first generated frame."""
-    view_mask: Bool[Tensor, "B K"]
-    added_time_ids: Float[Tensor, "B 3"]
-    input_map: Optional[Float[Tensor, "B G M h w"]] = None
-    """Input-view latent maps per target frame in UNet-input units, concatenated on channels ("nearest_input",
-    then "warped_input"; zeros where the input views are dropped)."""
-    render_base: Optional[Float[Tensor, "B G C h w"]] = None
-    """The identity a residual output starts from: clean scaled render latents (``render_residual``) or the
-    nearest input view's latents (``input_residual``). Kept in every guidance branch (guidance then acts on the
-    corrections only)."""
-
-    def with_dropout(self, keep_render: Bool[Tensor, "B"], keep_inputs: Bool[Tensor, "B"]) -> "Conditioning":
-        """Drop the 3D condition (zero render latents) and/or the input views (all slots masked, input map zeroed)
-        per sample."""
-        render = self.render_cond * keep_render.view(-1, 1, 1, 1, 1).to(self.render_cond.dtype)
-        mask = self.view_mask & keep_inputs.view(-1, 1)
-        input_map = self.input_map
-        if input_map is not None:
-            input_map = input_map * keep_inputs.view(-1, 1, 1, 1, 1).to(input_map.dtype)
-        return dataclasses.replace(self, render_cond=render, view_mask=mask, input_map=input_map)
-
-    def branch(self, name: str) -> "Conditioning":
-        """Conditioning of one classifier-free-guidance branch: ``full``, ``no_3d`` or ``no_input``."""
-        b = self.view_mask.shape[0]
-        ones = torch.ones(b, dtype=torch.bool, device=self.view_mask.device)
-        if name == "full":
-            return self
-        if name == "no_3d":
-            return self.with_dropout(~ones, ones)
-        if name == "no_input":
-            return self.with_dropout(ones, ~ones)
-        raise ValueError(f"unknown guidance branch {name!r}")
-
-    @staticmethod
-    def cat(items: list["Conditioning"]) -> "Conditioning":
-        """Concatenate along the batch dimension (one UNet call for all guidance branches)."""
-
-        def optional(name: str) -> Optional[Tensor]:
-            first = getattr(items[0], name)
-            return None if first is None else torch.cat([getattr(c, name) for c in items])
-
-        return Conditioning(
-            render_cond=torch.cat([c.render_cond for c in items]),
-            extra_maps=optional("extra_maps"),
-            features=ViewFeatures(
-                clip=torch.cat([c.features.clip for c in items]),
-                dino_cls=torch.cat([c.features.dino_cls for c in items]),
-                dino_patch=torch.cat([c.features.dino_patch for c in items]),
-            ),
-            rel_poses=torch.cat([c.rel_poses for c in items]),
-            view_mask=torch.cat([c.view_mask for c in items]),
-            added_time_ids=torch.cat([c.added_time_ids for c in items]),
-            input_map=optional("input_map"),
-            render_base=optional("render_base"),
-        )
-
-    def as_kwargs(self) -> Dict[str, Optional[Tensor]]:
-        """Plain tensors for :meth:`IterGenDenoiser.forward` (DDP-friendly)."""
-        return dict(
-            render_cond=self.render_cond,
-            extra_maps=self.extra_maps,
-            clip_features=self.features.clip,
-            dino_cls=self.features.dino_cls,
-            dino_patch=self.features.dino_patch,
-            rel_poses=self.rel_poses,
-            view_mask=self.view_mask,
-            added_time_ids=self.added_time_ids,
-            input_map=self.input_map,
-            render_base=self.render_base,
-        )
-
-
-class IterGenDenoiser(nn.Module):
-    """Trainable network: UNet over ``[c_in * x | render | extras | input map]`` cross-attending to view tokens.
-
-    ``parameterization="render_residual"`` turns the UNet output F into the v-prediction whose denoised
-    estimate is ``render_base + F`` (so the scheduler, the guidance and the v loss are unchanged).
-    """
-
-    def __init__(self, unet, view_tokenizer: ViewTokenizer, parameterization: str = "v"):
-        super().__init__()
-        self.unet = unet
-        self.view_tokenizer = view_tokenizer
-        self.parameterization = parameterization
-
-    def forward(
-        self,
-        sample: Float[Tensor, "B G C h w"],
-        timestep: Float[Tensor, "B"],
-        render_cond: Float[Tensor, "B G C h w"],
-        extra_maps: Optional[Float[Tensor, "B G E h w"]],
-        clip_features: Float[Tensor, "B K Dc"],
-        dino_cls: Float[Tensor, "B K Dd"],
-        dino_patch: Float[Tensor, "B K Dd"],
-        rel_poses: Float[Tensor, "B K 4 4"],
-        view_mask: Bool[Tensor, "B K"],
-        added_time_ids: Float[Tensor, "B 3"],
-        input_map: Optional[Float[Tensor, "B G C h w"]] = None,
-        render_base: Optional[Float[Tensor, "B G C h w"]] = None,
-    ) -> Float[Tensor, "B G C h w"]:
-        """v-prediction for ``sample`` already scaled by ``c_in`` at timestep ``c_noise(sigma)``."""
-        dtype = self.unet.conv_in.weight.dtype
-        parts = [sample, render_cond] + [m for m in (extra_maps, input_map) if m is not None]
-        unet_in = torch.cat([p.to(dtype) for p in parts], dim=2)
-        tokens = self.view_tokenizer(ViewFeatures(clip_features, dino_cls, dino_patch), rel_poses, view_mask)
-        out = self.unet(
-            unet_in,
-            timestep.to(sample.device, torch.float32),
-            encoder_hidden_states=tokens.to(dtype),
-            added_time_ids=added_time_ids.to(dtype),
-            return_dict=False,
-        )[0]
-        if self.parameterization in RESIDUAL_PARAMETERIZATIONS:
-            if render_base is None:
-                raise ValueError(f"the {self.parameterization} parameterization needs render_base (its identity)")
-            out = residual_to_v(out.float(), sample.float(), timestep, render_base.float())
-        return out
-
-
-def residual_to_v(
-    correction: Float[Tensor, "B *S"], scaled_sample: Float[Tensor, "B *S"], timestep: Tensor, base: Tensor
-) -> Float[Tensor, "B *S"]:
-    """The v-prediction whose EDM denoised estimate is ``base + correction``.
-
-    ``scaled_sample = c_in(sigma) * x`` and ``timestep = c_noise(sigma) = 0.25 ln sigma`` as the UNet sees them.
-    """
-    sigma = (4.0 * timestep.float().to(scaled_sample.device)).exp().reshape(-1, *([1] * (scaled_sample.ndim - 1)))
-    x = scaled_sample / edm.c_in(sigma)
-    return edm.v_target(base + correction, x, sigma.reshape(-1))
 
 
 class IterGenDiffusionModel(nn.Module):
@@ -331,7 +160,7 @@ class IterGenDiffusionModel(nn.Module):
             return copy.deepcopy(self).to(dtype).save_pretrained(path, include_frozen)
         frozen = {"vae": self.vae, "clip": self.image_encoder.clip, "dino": self.image_encoder.dino}
         config = dataclasses.replace(self.config)
-        with atomic_directory(path) as tmp:
+        with atomic_path(path, directory=True) as tmp:
             self.denoiser.unet.save_pretrained(tmp / SUBFOLDERS["unet"])
             self.denoiser.view_tokenizer.save_pretrained(tmp / SUBFOLDERS["view_tokenizer"])
             for key, module in frozen.items():
@@ -435,64 +264,23 @@ class IterGenDiffusionModel(nn.Module):
         input_latents: Optional[Float[Tensor, "B K C h w"]] = None,
         warped_latents: Optional[Float[Tensor, "B G C h w"]] = None,
     ) -> Conditioning:
-        """Build the full (undropped) conditioning of a batch of clips.
+        """The full (undropped) conditioning of a batch of clips.
 
-        ``render_latents`` are scaled diffusion latents of the renders of the current 3D state at the target
-        poses; ``input_*`` are padded to ``max_input_views`` slots; poses are 4x4 (or 3x4) OpenGL c2w;
-        ``target_intrinsics`` (fx, fy, cx, cy at model resolution) are needed only for Plücker extra maps;
-        ``input_latents`` (scaled latents of the input images, e.g. from a training cache) spare encoding them
-        for the "nearest_input" map; ``warped_latents`` (scaled latents of the warp composites,
-        :func:`itergen_ns.render.warp.warp_nearest_input`) are required for the "warped_input" map.
+        See :func:`~itergen_ns.diffusion.conditioning.build_conditioning` for the arguments' conventions.
         """
-        device = self.device
-        b, g = render_latents.shape[:2]
-        if input_mask.shape[1] != self.config.max_input_views:
-            raise ValueError(f"expected {self.config.max_input_views} input slots, got {input_mask.shape[1]}")
-        if not torch.is_tensor(render_noise):
-            render_noise = torch.full((b,), float(render_noise))
-        render_noise = render_noise.to(device, torch.float32)
-        noise = randn(render_latents.shape, generator, device)
-        z = render_latents.to(device, torch.float32) + render_noise.view(-1, 1, 1, 1, 1) * noise
-        render_cond = z / self.scaling_factor
-        target_poses = to_homogeneous(target_poses.to(device, torch.float32))
-        rel = relative_poses(to_homogeneous(input_poses.to(device, torch.float32)), target_poses[:, 0])
-        mask = input_mask.to(device)
-        rel = torch.where(mask[..., None, None], rel, torch.eye(4, device=device).expand_as(rel))
-        features = self.image_encoder.encode_views(input_images.to(device), mask)
-        extras = None
-        if "plucker" in self.config.extra_maps:
-            if target_intrinsics is None:
-                raise ValueError("extra_maps=('plucker',) needs target_intrinsics (fx, fy, cx, cy at model resolution)")
-            rel_targets = relative_poses(target_poses, target_poses[:, 0])
-            extras = plucker_rays(
-                rel_targets, target_intrinsics.to(device, torch.float32), (self.height, self.width), self.latent_hw
-            )
-        maps = []
-        nearest = None
-        if "nearest_input" in self.config.extra_maps or self.config.output_parameterization == "input_residual":
-            if input_latents is None:
-                k = input_images.shape[1]
-                flat = self.resize(input_images.flatten(0, 1).to(device).float())
-                input_latents = self.encode_latents(flat).reshape(b, k, *render_latents.shape[2:])
-            nearest = nearest_input_latents(input_latents.to(device, torch.float32), mask, input_poses, target_poses)
-        if "nearest_input" in self.config.extra_maps:
-            maps.append(nearest)
-        if "warped_input" in self.config.extra_maps:
-            if warped_latents is None:
-                raise ValueError("extra_maps 'warped_input' needs warped_latents (render depths at sampling time)")
-            maps.append(warped_latents.to(device, torch.float32))
-        input_map = torch.cat(maps, dim=2) / self.scaling_factor if maps else None
-        time_ids = torch.stack(
-            [
-                torch.full((b,), float(self.config.fps_id), device=device),
-                torch.full((b,), float(self.config.motion_bucket_id), device=device),
-                render_noise,
-            ],
-            dim=1,
+        return build_conditioning(
+            self,
+            render_latents,
+            input_images,
+            input_mask,
+            input_poses,
+            target_poses,
+            render_noise,
+            generator,
+            target_intrinsics,
+            input_latents,
+            warped_latents,
         )
-        render_base = nearest if self.config.output_parameterization == "input_residual" else render_latents
-        render_base = render_base.to(device, torch.float32)
-        return Conditioning(render_cond, extras, features, rel, mask, time_ids, input_map, render_base)
 
     # ----------------------------------------------------------------------------------------- training
     def training_loss(
@@ -505,143 +293,5 @@ class IterGenDiffusionModel(nn.Module):
         drop_both: float = 0.1,
         denoiser: Optional[nn.Module] = None,
     ) -> Tuple[Tensor, Dict[str, float]]:
-        """EDM v-prediction loss on one batch from :class:`~itergen_ns.diffusion.data.SnapshotClipDataset`.
-
-        Conditioning dropout draws one category per sample: inputs only (``drop_inputs``), renders only
-        (``drop_renders``), both (``drop_both``), or none. ``denoiser`` defaults to ``self.denoiser`` (pass the
-        accelerate-wrapped one when training). All randomness comes from ``generator``.
-        """
-        denoiser = denoiser if denoiser is not None else self.denoiser
-        device = self.device
-        frames = batch["frames"]
-        b, g = frames.shape[:2]  # frames may be omitted only when "latents" are given
-        if "latents" in batch:  # precomputed scaled latents of the ground-truth frames
-            x0 = batch["latents"].to(device, torch.float32)
-        else:
-            x0 = self.encode_latents(frames.flatten(0, 1).to(device)).reshape(b, g, -1, *self.latent_hw)
-        if "render_latents" in batch:
-            render_latents = batch["render_latents"].to(device, torch.float32)
-        else:
-            render_latents = self.encode_latents(batch["renders"].flatten(0, 1).to(device)).reshape(x0.shape)
-        cond = self.prepare_conditioning(
-            render_latents,
-            batch["input_images"],
-            batch["input_mask"],
-            batch["input_c2w"],
-            batch["target_c2w"],
-            render_noise,
-            generator,
-            batch.get("target_intrinsics"),
-            batch.get("input_latents"),
-            self._warped_latents(batch, x0.shape),
-        )
-        u = rand((b,), generator, device)
-        drop_in = u < drop_inputs
-        drop_r = (u >= drop_inputs) & (u < drop_inputs + drop_renders)
-        drop_all = (u >= drop_inputs + drop_renders) & (u < drop_inputs + drop_renders + drop_both)
-        cond = cond.with_dropout(keep_render=~(drop_r | drop_all), keep_inputs=~(drop_in | drop_all))
-        sigma = edm.sample_sigmas(
-            b, self.config.sigma_p_mean, self.config.sigma_p_std, generator, device, *self._sigma_range()
-        )
-        eps = randn(x0.shape, generator, device)
-        x = x0 + sigma.view(-1, 1, 1, 1, 1) * eps
-        pred = denoiser(edm.scale_input(x, sigma), edm.c_noise(sigma), **cond.as_kwargs())
-        if self.config.output_parameterization in RESIDUAL_PARAMETERIZATIONS:
-            # x0 loss with the EDM weight clipped (the v loss equals it unclipped).
-            weight = ((sigma**2 + 1.0) / sigma**2).clamp(max=self.config.residual_loss_weight_max)
-            err = (edm.denoised(pred.float(), x, sigma) - x0) ** 2
-            loss = (weight.view(-1, 1, 1, 1, 1) * err).mean()
-        else:
-            loss = F.mse_loss(pred.float(), edm.v_target(x0, x, sigma))
-        logs = {"sigma_mean": float(sigma.mean()), "dropped_3d": float((drop_r | drop_all).float().mean())}
-        return loss, logs
-
-    def _warped_latents(self, batch: Dict[str, Tensor], shape) -> Optional[Tensor]:
-        """Scaled latents of the batch's warp composites: cached ("warped_latents") or encoded ("warped")."""
-        if "warped_latents" in batch:
-            return batch["warped_latents"].to(self.device, torch.float32)
-        if "warped" in batch:
-            return self.encode_latents(batch["warped"].flatten(0, 1).to(self.device)).reshape(shape)
-        return None
-
-    def _sigma_range(self) -> Tuple[float, float]:
-        return float(self.scheduler_config.get("sigma_min") or 0.002), float(
-            self.scheduler_config.get("sigma_max") or 700.0
-        )
-
-
-# ------------------------------------------------------------------------------------------------ builders
-def _cross_attention_dim(unet) -> int:
-    dim = unet.config.cross_attention_dim
-    return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
-
-
-def _image_encoder(
-    config: DiffusionModelConfig, clip: CLIPVisionModelWithProjection, dino: Dinov2Model
-) -> ImageFeatureEncoder:
-    """Wrap built CLIP and DINOv2 models with the config's input sizes and normalisation."""
-    return ImageFeatureEncoder(
-        clip,
-        dino,
-        config.clip_image_size,
-        config.dino_image_size,
-        config.clip_mean,
-        config.clip_std,
-        config.dino_mean,
-        config.dino_std,
-    )
-
-
-def nearest_input_latents(
-    input_latents: Float[Tensor, "B K C h w"],
-    input_mask: Bool[Tensor, "B K"],
-    input_poses: Float[Tensor, "B K 4 4"],
-    target_poses: Float[Tensor, "B G 4 4"],
-) -> Float[Tensor, "B G C h w"]:
-    """Per target frame, the latent of the valid input view whose camera centre is nearest (Euclidean)."""
-    idx = nearest_input_index(input_poses, target_poses.to(input_latents.device), input_mask)  # B G
-    gather = idx[..., None, None, None].expand(-1, -1, *input_latents.shape[2:])
-    return torch.gather(input_latents, 1, gather)
-
-
-def _build_vae(source: ComponentSource, allow_download: bool) -> VAE:
-    kwargs = dict(source.kwargs)
-    cls_name = kwargs.pop("class_name", "AutoencoderKLTemporalDecoder")
-    if cls_name == "AutoencoderTinyPool":
-        from itergen_ns.diffusion.taef2 import AutoencoderTinyPool, load_taef2
-
-        if source.pretrained == TAEF2_SOURCE:
-            return load_taef2()
-        if source.pretrained:
-            return load_pretrained("VAE (AutoencoderTinyPool)", AutoencoderTinyPool.from_pretrained, source, False)
-        raise ValueError("vae class AutoencoderTinyPool needs pretrained weights ('taef2' or a saved folder)")
-    vae_cls = {"AutoencoderKLTemporalDecoder": AutoencoderKLTemporalDecoder, "AutoencoderKL": AutoencoderKL}[cls_name]
-    if source.pretrained:
-        return load_pretrained(f"VAE ({cls_name})", vae_cls.from_pretrained, source, allow_download)
-    return vae_cls(**kwargs)
-
-
-def _build_clip(source: ComponentSource, allow_download: bool) -> CLIPVisionModelWithProjection:
-    if source.pretrained:
-        return load_pretrained(
-            "CLIP image encoder (CLIPVisionModelWithProjection)",
-            CLIPVisionModelWithProjection.from_pretrained,
-            source,
-            allow_download,
-        )
-    return CLIPVisionModelWithProjection(CLIPVisionConfig(**source.kwargs))
-
-
-def _build_dino(source: ComponentSource, allow_download: bool) -> Dinov2Model:
-    if source.pretrained:
-        return load_pretrained(
-            "DINOv2 image encoder (Dinov2Model)", Dinov2Model.from_pretrained, source, allow_download
-        )
-    return Dinov2Model(Dinov2Config(**source.kwargs))
-
-
-def _scheduler_config(source: ComponentSource, allow_download: bool) -> Dict:
-    if source.pretrained:
-        sched = load_pretrained("scheduler", EulerDiscreteScheduler.from_pretrained, source, allow_download)
-        return dict(sched.config)
-    return dict(EulerDiscreteScheduler(**source.kwargs).config)
+        """EDM v-prediction loss on one batch: see :func:`~itergen_ns.diffusion.loss.denoising_loss`."""
+        return denoising_loss(self, batch, generator, render_noise, drop_inputs, drop_renders, drop_both, denoiser)

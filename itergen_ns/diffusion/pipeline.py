@@ -23,8 +23,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from itergen_ns.diffusion.guidance import combine_guidance, guidance_branches
-from itergen_ns.diffusion.model import Conditioning, IterGenDiffusionModel, randn
-from itergen_ns.diffusion.poses import to_homogeneous as _hom
+from itergen_ns.diffusion.conditioning import Conditioning, randn
+from itergen_ns.diffusion.model import IterGenDiffusionModel
+from itergen_ns.data.camera_utils import to_homogeneous as _hom
 
 
 class IterGenVideoPipeline:

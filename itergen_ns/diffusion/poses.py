@@ -13,16 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-
-def to_homogeneous(c2w: Float[Tensor, "*B 3 4"] | Float[Tensor, "*B 4 4"]) -> Float[Tensor, "*B 4 4"]:
-    """[...,3,4] or [...,4,4] camera-to-world -> [...,4,4]."""
-    if c2w.shape[-2:] == (4, 4):
-        return c2w
-    if c2w.shape[-2:] != (3, 4):
-        raise ValueError(f"expected [...,3,4] or [...,4,4] poses, got {tuple(c2w.shape)}")
-    bottom = torch.zeros(*c2w.shape[:-2], 1, 4, dtype=c2w.dtype, device=c2w.device)
-    bottom[..., 0, 3] = 1.0
-    return torch.cat([c2w, bottom], dim=-2)
+from itergen_ns.data.camera_utils import to_homogeneous
 
 
 def relative_poses(c2w: Float[Tensor, "*B N 4 4"], reference_c2w: Float[Tensor, "*B 4 4"]) -> Float[Tensor, "*B N 4 4"]:

@@ -41,13 +41,13 @@ import numpy as np
 import torch
 import tyro
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, broadcast_object_list
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from itergen_ns import errors
+from itergen_ns import compat, errors, io
 from itergen_ns.diffusion.clip_stats import measure_clip_statistics
 from itergen_ns.diffusion.configs import DiffusionModelConfig, get_model_config
 from itergen_ns.diffusion.data import SnapshotClipDataset, StepSampler
@@ -342,7 +342,9 @@ class Trainer:
             if not (isinstance(err, RuntimeError) or errors.is_input_error(err)):
                 raise
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(err).__name__)
+            detail = next(
+                (line for line in lines if "size mismatch" in line), lines[0] if lines else type(err).__name__
+            )
             raise errors.InputError(
                 f"{ckpt}: cannot resume from this checkpoint ({type(err).__name__}: {detail}); expected one written "
                 "by a run with the same --model and --model-overrides"
@@ -379,25 +381,27 @@ class Trainer:
         groups = self.optimizer.param_groups
         for group, fn, base in zip(groups, sched.lr_lambdas, sched.base_lrs):
             group["lr"] = base * fn(sched.last_epoch)
-        sched._last_lr = [group["lr"] for group in groups]
+        compat.set_last_lr(sched, [group["lr"] for group in groups])
 
     def _remove_temporaries(self) -> None:
         """Checkpoint temporaries of a killed run (half-written or half-deleted; never visible as step_*)."""
-        root = self.out / "checkpoints"
-        if self.accelerator.is_main_process and root.is_dir():
-            for p in root.iterdir():
-                if p.name.startswith((".tmp-step_", ".old-step_")):
-                    shutil.rmtree(p, ignore_errors=True)
+        if self.accelerator.is_main_process:
+            io.remove_dead_temporaries(self.out / "checkpoints")
 
     def save_checkpoint(self) -> Path:
         """accelerate.save_state into a temp dir, then rename; prune old checkpoints; export EMA weights to latest/."""
         acc = self.accelerator
         root = self.out / "checkpoints"
         final = root / f"step_{self.step:08d}"
-        tmp = root / f".tmp-step_{self.step:08d}"
-        if acc.is_main_process:
+        lock = None
+        tmp = [None]
+        if acc.is_main_process:  # every process writes its part into the main process's locked temporary
             root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = [io.temporary_sibling(final)]
+            shutil.rmtree(tmp[0], ignore_errors=True)
+            tmp[0].mkdir()
+            lock = io.lock(tmp[0])
+        tmp = Path(broadcast_object_list(tmp)[0])
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
@@ -412,10 +416,11 @@ class Trainer:
             }
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
             if final.exists():
-                _remove_dir(final)
+                io.remove_tree(final)
             os.rename(tmp, final)
+            io.unlock(lock)
             for old in sorted(root.glob("step_*"))[: -max(self.cfg.keep_checkpoints, 1)]:
-                _remove_dir(old)
+                io.remove_tree(old)
             self.export(self.out / "latest")
         acc.wait_for_everyone()
         return final
@@ -539,7 +544,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> List[Path]:
         """Sample fixed validation clips with the EMA weights; save PNG grids and mp4s; log their MSE and generator gain."""
-        from itergen_ns.eval.gain import clip_gain
+        from itergen_ns.diffusion.clip_metrics import clip_gain
 
         acc = self.accelerator
         written: List[Path] = []
@@ -595,14 +600,6 @@ class Trainer:
                 acc.log({"val/mse": sum(mses) / len(mses), **gain}, step=self.step)
         acc.wait_for_everyone()
         return written
-
-
-def _remove_dir(path: Path) -> None:
-    """Rename ``path`` to a hidden name, then delete it: a kill mid-delete leaves no half checkpoint visible."""
-    hidden = path.with_name(f".old-{path.name}")
-    shutil.rmtree(hidden, ignore_errors=True)
-    os.rename(path, hidden)
-    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def train(cfg: TrainDiffusionConfig) -> TrainResult:

@@ -12,7 +12,7 @@ from rich.table import Table
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from itergen_ns.eval.metrics import evaluate_pipeline
-from itergen_ns.training.runner import TrainSpec, build_config, train
+from itergen_ns.engine.runner import TrainSpec, build_config, train
 
 
 @dataclass

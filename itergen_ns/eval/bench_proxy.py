@@ -1,4 +1,4 @@
-"""`itergen bench`: the proxy benchmark on the embedded procedural category (issue 13, DESIGN §8-9).
+"""`itergen bench`: the proxy benchmark on the embedded procedural category (docs/protocol.md; README "Benchmarks").
 
 Like `itergen demo`, but sized to tell: three disjoint scene sets drawn from one collection (train scenes feed the
 snapshot exporter and the generator, validation scenes are for tuning defaults and are never scored here,
@@ -87,8 +87,11 @@ class BenchProxyConfig(DemoConfig):
 
         n = self.num_scenes
         return [
-            {"name": f"scene_{i:04d}", "seed": scene_seed(self.seed, i),
-             "split": split_of(i, n, self.num_val_scenes, self.num_heldout_scenes)}
+            {
+                "name": f"scene_{i:04d}",
+                "seed": scene_seed(self.seed, i),
+                "split": split_of(i, n, self.num_val_scenes, self.num_heldout_scenes),
+            }
             for i in range(n)
         ]
 
@@ -96,8 +99,11 @@ class BenchProxyConfig(DemoConfig):
         return self.generator_checkpoint is None
 
     def eval_methods(self) -> Tuple[str, ...]:
-        if "itergen-no-render-noise" in self.methods and not self.own_generators() \
-                and self.generator_checkpoint_no_render_noise is None:
+        if (
+            "itergen-no-render-noise" in self.methods
+            and not self.own_generators()
+            and self.generator_checkpoint_no_render_noise is None
+        ):
             CONSOLE.print(
                 "[yellow]bench: skipping itergen-no-render-noise: --generator-checkpoint was given without "
                 "--generator-checkpoint-no-render-noise (a model trained with --sampling.render-noise 0)"
@@ -124,13 +130,25 @@ class BenchProxyConfig(DemoConfig):
 
     # --- stages ---------------------------------------------------------------------------------------------------
     def stage_scenes(self) -> Dict:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         from itergen_ns.data.scenes import make_scenes
 
-        with Progress(TextColumn("[bold]bench scenes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=CONSOLE) as progress:
+        with Progress(
+            TextColumn("[bold]bench scenes"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=CONSOLE,
+        ) as progress:
             task = progress.add_task("scenes", total=self.num_scenes)
             index = make_scenes(
                 self.scenes_dir,
@@ -160,7 +178,7 @@ class BenchProxyConfig(DemoConfig):
         from itergen_ns.eval.harness import EvalConfig
 
         main, no_noise = self.generator_paths()
-        method_overrides = {"itergen:pipeline.datamanager.generate_every": str(self.generate_every)}
+        method_overrides = {"itergen:pipeline.generation.generate_every": str(self.generate_every)}
         method_overrides.update(self.method_overrides)
         return EvalConfig(
             data=(self.scenes_dir,),
@@ -188,13 +206,18 @@ class BenchProxyConfig(DemoConfig):
         config = self.eval_config()
         results = config.run()  # every run is finished by now: this only reads the result.json files
         settings = {k: v for k, v in vars(self).items() if k not in ("overrides", "method_overrides")}
-        settings.update(overrides=dict(self.common_overrides()), method_overrides=config.method_overrides,
-                        generator_checkpoint=str(config.generator_checkpoint),
-                        generator_checkpoint_no_render_noise=str(config.generator_checkpoint_no_render_noise),
-                        scene_splits={s: [e["name"] for e in self.scene_plan() if e["split"] == s]
-                                      for s in ("train", "val", "heldout")})
-        return write_bench_report(results, config.output_dir, settings, baseline=BASELINE,
-                                  report_scenes=self.report_scenes)
+        settings.update(
+            overrides=dict(self.common_overrides()),
+            method_overrides=config.method_overrides,
+            generator_checkpoint=str(config.generator_checkpoint),
+            generator_checkpoint_no_render_noise=str(config.generator_checkpoint_no_render_noise),
+            scene_splits={
+                s: [e["name"] for e in self.scene_plan() if e["split"] == s] for s in ("train", "val", "heldout")
+            },
+        )
+        return write_bench_report(
+            results, config.output_dir, settings, baseline=BASELINE, report_scenes=self.report_scenes
+        )
 
     def main(self) -> int:
         unknown = set(self.methods) - set(BENCH_METHODS)

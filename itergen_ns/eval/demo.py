@@ -1,4 +1,4 @@
-"""`itergen demo`: the whole project on the embedded procedural category, offline on a CPU (DESIGN §9).
+"""`itergen demo`: the whole project on the embedded procedural category, offline on a CPU (README, "Demo").
 
 Stages, each resumable (a finished stage leaves ``.stages/<name>.json`` and is skipped on a rerun; the
 exporter, the diffusion trainer and the eval harness also resume inside a stage):
@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional, Tuple
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from itergen_ns.data.scenes import BENCH_IMAGE_SIZE, BENCH_NUM_FRAMES
-from itergen_ns.snapshots.format import atomic_write_text
+from itergen_ns.io import atomic_write_text
 
 
 @dataclass
@@ -52,7 +52,7 @@ class DemoConfig:
     generator_checkpoint: Optional[Path] = None
     """Use this trained model (default: the shipped one, or the rebuilt one with --from-scratch)."""
     overrides: Dict[str, str] = field(default_factory=dict)
-    """Extra overrides for every 3D run (dotted config path -> JSON value)."""
+    """Extra overrides for every 3D run (dotted config path -> value, parsed as YAML)."""
 
     stage_label = "demo"  # class attribute (not a CLI option): prefix of the stage messages
 
@@ -175,7 +175,7 @@ class DemoConfig:
             generator_checkpoint=self.demo_checkpoint(),
             output_dir=self.output_dir / "report",
             overrides=self.common_overrides(),
-            method_overrides={"itergen:pipeline.datamanager.generate_every": str(self.generate_every)},
+            method_overrides={"itergen:pipeline.generation.generate_every": str(self.generate_every)},
         )
         config.main()
         return {"report": str(config.output_dir / "report.md")}
@@ -199,7 +199,9 @@ class DemoConfig:
             try:
                 IterGenDiffusionModel.from_pretrained(self.generator_checkpoint)
             except (OSError, ValueError) as err:
-                raise InputError(f"--generator-checkpoint {self.generator_checkpoint}: {' '.join(str(err).split())}") from err
+                raise InputError(
+                    f"--generator-checkpoint {self.generator_checkpoint}: {' '.join(str(err).split())}"
+                ) from err
 
     def main(self) -> int:
         start = time.time()

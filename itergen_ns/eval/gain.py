@@ -1,4 +1,4 @@
-"""`itergen gain`: does a sample of P_theta beat the render it is conditioned on? (DESIGN §3, "the measure").
+"""`itergen gain`: does a sample of P_theta beat the render it is conditioned on? (docs/generator.md, "the measure").
 
 On snapshot clips of held-out scenes, the generator is sampled exactly as itergen samples it (renders of the
 snapshot at the clip's poses, the run's input views and poses, the target poses, through
@@ -39,61 +39,22 @@ import numpy as np
 import torch
 import tyro
 from jaxtyping import Float, Int
-from pytorch_msssim import ssim as _ssim
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from torch import Tensor
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from itergen_ns.data.camera_utils import to_homogeneous
+from itergen_ns.diffusion.clip_metrics import PSNR_CAP, frame_metrics
 from itergen_ns.diffusion.data import _to_float_images, warp_composites
 from itergen_ns.itergen.generator import GeneratorConfig
-from itergen_ns.snapshots.format import SnapshotShard, atomic_write_text, list_shards, load_shard
+from itergen_ns.io import atomic_write_text
+from itergen_ns.snapshots.format import SnapshotShard, list_shards, load_shard
 
-PSNR_CAP = 100.0
-"""PSNR of identical images (MSE floored at 1e-10), so that means over frames stay finite."""
 PREDICTORS = ("render", "sample", "mean_frame", "nearest_input", "first_input", "autoencoder", "warped_input")
 TRIVIAL = ("mean_frame", "nearest_input", "first_input")
 METRICS = ("psnr", "ssim")
-
-
-# ------------------------------------------------------------------------------------------------ metrics
-def psnr_frames(pred: Float[Tensor, "N 3 H W"], gt: Float[Tensor, "N 3 H W"]) -> Float[Tensor, "N"]:
-    """Per-frame PSNR in dB of images in [0, 1], capped at :data:`PSNR_CAP` for identical frames."""
-    mse = ((pred.float() - gt.float()) ** 2).flatten(1).mean(1)
-    return (-10.0 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP / 10)))).clamp(max=PSNR_CAP)
-
-
-def ssim_frames(pred: Float[Tensor, "N 3 H W"], gt: Float[Tensor, "N 3 H W"]) -> Float[Tensor, "N"]:
-    """Per-frame SSIM with the window rule of :func:`itergen_ns.eval.metrics.ssim` (11 px, 7 below 32 px)."""
-    win = 11 if min(pred.shape[-2:]) >= 32 else 7
-    return _ssim(pred.float(), gt.float(), data_range=1.0, size_average=False, win_size=win)
-
-
-def frame_metrics(pred: Float[Tensor, "N 3 H W"], gt: Float[Tensor, "N 3 H W"]) -> Dict[str, np.ndarray]:
-    """{"psnr": [N], "ssim": [N]} as float64 numpy arrays."""
-    return {
-        "psnr": psnr_frames(pred, gt).double().cpu().numpy(),
-        "ssim": ssim_frames(pred, gt).double().cpu().numpy(),
-    }
-
-
-def clip_gain(
-    renders: Float[Tensor, "G 3 H W"],
-    sample: Float[Tensor, "G 3 H W"],
-    gt: Float[Tensor, "G 3 H W"],
-    first_input: Float[Tensor, "1 3 H W"],
-) -> Dict[str, float]:
-    """Scalars for a validation clip (the trainer logs them): PSNR/SSIM of render, sample and a copy of the
-    first input view, the gain (sample − render) and the margin over the input copy; all frames of the clip."""
-    out: Dict[str, float] = {}
-    for metric, fn in (("psnr", psnr_frames), ("ssim", ssim_frames)):
-        r, s, c = (
-            float(fn(x.float().cpu(), gt.float().cpu()).mean()) for x in (renders, sample, first_input.expand_as(gt))
-        )
-        out.update({f"{metric}_render": r, f"{metric}_sample": s, f"{metric}_first_input": c})
-        out.update({f"gain_{metric}": s - r, f"margin_{metric}": s - c})
-    return out
 
 
 # ----------------------------------------------------------------------------------- clips and predictors
@@ -351,7 +312,7 @@ def run_gain(cfg: GainConfig) -> Dict[str, Any]:
             views = conditioning_views(shard.input_indices, generator.max_input_views)
             input_images = _to_float_images(shard.images[views], hw)
             input_c2w = np.asarray(shard.c2w[views], np.float32)
-            input_poses = _to_4x4(input_c2w)
+            input_poses = to_homogeneous(torch.from_numpy(np.asarray(input_c2w, np.float32)))
             scored: set = set()
             for ci, window in enumerate(clips):
                 clip_counter += 1
@@ -389,7 +350,7 @@ def run_gain(cfg: GainConfig) -> Dict[str, Any]:
                                 renders,
                                 input_images,
                                 input_poses,
-                                _to_4x4(target_c2w),
+                                to_homogeneous(torch.from_numpy(np.asarray(target_c2w, np.float32))),
                                 seed=int(seed) * 100003 + clip_counter,
                                 **extra,
                             )
@@ -479,12 +440,6 @@ def _grid_clips(shard_clips: List[Tuple[str, int]], n: int) -> set:
         picked += [(name, depth) for name, c in shard_clips if depth < c][: n - len(picked)]
         depth += 1
     return set(picked)
-
-
-def _to_4x4(c2w: Float[np.ndarray, "N 3 4"]) -> Float[Tensor, "N 4 4"]:
-    out = torch.eye(4).repeat(len(c2w), 1, 1)
-    out[:, :3] = torch.from_numpy(np.asarray(c2w, np.float32))
-    return out
 
 
 def print_tables(groups: List[Dict[str, Any]], title: str = "generator gain") -> None:

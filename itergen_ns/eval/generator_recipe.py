@@ -19,7 +19,6 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from itergen_ns.diffusion.configs import SHIPPED_GENERATOR_DIR
 
 
-
 @dataclass
 class GeneratorRecipe:
     """Settings of the shipped TAEF2 generator; defaults are the ones it was built with."""
@@ -143,7 +142,7 @@ class GeneratorRecipe:
         import torch
 
         from itergen_ns.diffusion.model import IterGenDiffusionModel
-        from itergen_ns.snapshots.format import atomic_write_text
+        from itergen_ns.io import atomic_write_text
 
         model = IterGenDiffusionModel.from_pretrained(model_dir)
         dest = Path(dest)
@@ -152,4 +151,3 @@ class GeneratorRecipe:
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
         CONSOLE.print(f"shipped generator: {dest} ({size / 1e6:.1f} MB)")
         return dest
-

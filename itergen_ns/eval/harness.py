@@ -1,4 +1,4 @@
-"""`itergen eval`: the paper's protocol (DESIGN §8) on any scenes the parsers read.
+"""`itergen eval`: the paper's protocol (docs/protocol.md) on any scenes the parsers read.
 
 For each scene and input-view count, every method trains from the same input views; the result is rendered
 at every frame of the sequence and scored on the frames that were not inputs. Stochastic methods (itergen and
@@ -10,7 +10,6 @@ run leaves ``result.json`` + ``frames.npz`` and is skipped on a rerun, so the ha
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +20,21 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+from itergen_ns.data.discovery import discover_split_scenes
 from itergen_ns.data.splits import select_input_views
 from itergen_ns.errors import InputError
 from itergen_ns.eval.metrics import (
-    image_metrics, masked_psnr, mean_metrics, object_accumulation, object_sphere, silhouette_iou,
+    image_metrics,
+    masked_psnr,
+    mean_metrics,
+    object_accumulation,
+    object_sphere,
+    silhouette_iou,
 )
-from itergen_ns.snapshots.format import atomic_write_text
-from itergen_ns.training.frames import all_frames_outputs, load_frames, render_all_frames
-from itergen_ns.training.runner import TrainSpec, build_config, train
+from itergen_ns.io import atomic_savez, atomic_write_text
+from itergen_ns.data.all_frames import all_frames_outputs, load_frames
+from itergen_ns.models.rendering import render_all_frames
+from itergen_ns.engine.runner import TrainSpec, build_config, train
 
 
 @dataclass(frozen=True)
@@ -48,13 +54,15 @@ VARIANTS: Dict[str, MethodVariant] = {
     "itergen-splatfacto": MethodVariant("itergen-splatfacto"),
     "itergen": MethodVariant("itergen", stochastic=True, uses_generator=True),
     "itergen-one-shot": MethodVariant(
-        "itergen", (("pipeline.datamanager.one_shot", True),), stochastic=True, uses_generator=True
+        "itergen", (("pipeline.generation.one_shot", True),), stochastic=True, uses_generator=True
     ),
     "itergen-random-poses": MethodVariant(
-        "itergen", (("pipeline.datamanager.pose_sampler.order", "random"),), stochastic=True, uses_generator=True
+        "itergen", (("pipeline.generation.pose_sampler.order", "random"),), stochastic=True, uses_generator=True
     ),
     # The paper's ablation: a model *trained* without conditioning noise, sampled without it (its SamplingConfig).
-    "itergen-no-render-noise": MethodVariant("itergen", stochastic=True, uses_generator=True, generator="no_render_noise"),
+    "itergen-no-render-noise": MethodVariant(
+        "itergen", stochastic=True, uses_generator=True, generator="no_render_noise"
+    ),
 }
 
 # A custom method for tests/extensions: (scene, num_views, sample, run_dir) -> (renders [F,H,W,3], gts, input_idx)
@@ -74,24 +82,6 @@ def score_frames(
             pred, gt = pred * m + (1 - m), gt * m + (1 - m)
         out.append(image_metrics(pred, gt))
     return out
-
-
-def discover_eval_scenes(paths: Sequence[Path], split: str = "heldout") -> List[Path]:
-    """Scene folders; a folder with scenes.json contributes its ``split`` scenes, else every scene below it."""
-    from itergen_ns.data.scenes import load_scene_index
-    from itergen_ns.snapshots.exporter import discover_scenes
-
-    scenes: List[Path] = []
-    for path in paths:
-        path = Path(path)
-        if (path / "scenes.json").exists():
-            index = load_scene_index(path)
-            scenes += [Path(e["path"]) for e in index["scenes"] if e.get("split") == split]
-        else:
-            scenes += discover_scenes([path])
-    if not scenes:
-        raise ValueError(f"no evaluation scenes found under {', '.join(map(str, paths))}")
-    return scenes
 
 
 @dataclass
@@ -117,7 +107,7 @@ class EvalConfig:
     use_masks: bool = False
     """Score only the object (CO3D masks / procedural masks), background set to white in both images."""
     overrides: Dict[str, str] = field(default_factory=dict)
-    """Extra dotted config overrides for every run (JSON values), e.g. pipeline.model.sh_degree=1."""
+    """Extra dotted config overrides for every run (values parsed as YAML), e.g. pipeline.model.sh_degree=1."""
     method_overrides: Dict[str, str] = field(default_factory=dict)
     """Overrides for one base method only: 'itergen:pipeline.datamanager.p_input' = '0.3'."""
     report_frames: int = 4
@@ -150,7 +140,7 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown methods {unknown}; known: {', '.join(VARIANTS)}")
         self._check_generators()
-        scenes = discover_eval_scenes(self.data)
+        scenes = discover_split_scenes(self.data)
         self._check_views(scenes)
         jobs = []
         for scene in scenes:
@@ -162,8 +152,11 @@ class EvalConfig:
         jobs = self.shard_jobs(jobs)
         results = []
         progress = Progress(
-            TextColumn("[bold]eval {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("[bold]eval {task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} runs"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
         )
         with progress:
             task = progress.add_task("", total=len(jobs))
@@ -198,8 +191,10 @@ class EvalConfig:
             return
         from itergen_ns.diffusion.model import IterGenDiffusionModel
 
-        for option, path in (("--generator-checkpoint", self.generator_checkpoint),
-                             ("--generator-checkpoint-no-render-noise", self.generator_checkpoint_no_render_noise)):
+        for option, path in (
+            ("--generator-checkpoint", self.generator_checkpoint),
+            ("--generator-checkpoint-no-render-noise", self.generator_checkpoint_no_render_noise),
+        ):
             if path is not None:  # loads the weights once, so a corrupt file fails here and not after hours
                 try:
                     IterGenDiffusionModel.from_pretrained(path)
@@ -213,7 +208,7 @@ class EvalConfig:
                 "itergen-no-render-noise needs a model trained without conditioning noise: train one with "
                 "`itergen train-diffusion --sampling.render-noise 0 ...` and pass --generator-checkpoint-no-render-noise DIR"
             )
-        from itergen_ns.diffusion.model import read_model_config
+        from itergen_ns.diffusion.components import read_model_config
 
         noise = read_model_config(path).sampling.render_noise
         if noise != 0.0:
@@ -242,14 +237,10 @@ class EvalConfig:
         if masks is not None:
             for metrics, extra in zip(per_frame, object_scores(renders, targets, eval_idx, masks, silhouettes)):
                 metrics.update(extra)
-        tmp = run_dir / f".frames.tmp-{os.getpid()}.npz"  # atomic: a kill mid-write leaves no truncated frames.npz
-        np.savez_compressed(tmp, renders=renders, inputs=np.asarray(inputs))
-        tmp.replace(run_dir / "frames.npz")
+        atomic_savez(run_dir / "frames.npz", renders=renders, inputs=np.asarray(inputs))  # a kill never truncates it
         gt_file = self.output_dir / "runs" / scene.name / "ground_truth.npz"
         if not gt_file.exists():
-            tmp = gt_file.with_name(".ground_truth.tmp.npz")
-            np.savez_compressed(tmp, images=targets)
-            tmp.replace(gt_file)
+            atomic_savez(gt_file, images=targets)
         result = {
             "scene": scene.name,
             "scene_path": str(scene),
@@ -273,9 +264,11 @@ class EvalConfig:
                 out[path] = value
         out.update(dict(variant.overrides))
         if variant.uses_generator:
-            out["pipeline.datamanager.generation_seed"] = sample
+            out["pipeline.generation.generation_seed"] = sample
             checkpoint = (
-                self.generator_checkpoint_no_render_noise if variant.generator == "no_render_noise" else self.generator_checkpoint
+                self.generator_checkpoint_no_render_noise
+                if variant.generator == "no_render_noise"
+                else self.generator_checkpoint
             )
             if checkpoint is not None:
                 out["pipeline.generator.checkpoint"] = Path(checkpoint)
@@ -327,7 +320,10 @@ def _mask_filenames(datamanager) -> Optional[List[Path]]:
 
 
 def object_scores(
-    renders: np.ndarray, targets: np.ndarray, eval_indices: Sequence[int], masks: np.ndarray,
+    renders: np.ndarray,
+    targets: np.ndarray,
+    eval_indices: Sequence[int],
+    masks: np.ndarray,
     silhouettes: Optional[np.ndarray] = None,
 ) -> List[Dict[str, float]]:
     """Per evaluated frame: PSNR over the object's pixels (``masked_psnr``) and, with the rendered object

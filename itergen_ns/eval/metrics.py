@@ -106,7 +106,9 @@ def evaluate_pipeline(pipeline, keep_images: bool = True) -> PipelineEval:
     return result
 
 
-def object_sphere(dataparser_outputs, scene_dir=None, margin: float = 1.1) -> Optional[Tuple[Float[Tensor, "3"], float]]:
+def object_sphere(
+    dataparser_outputs, scene_dir=None, margin: float = 1.1
+) -> Optional[Tuple[Float[Tensor, "3"], float]]:
     """(centre, radius) of the object's bounding sphere in the run's normalised coordinates, from the
     procedural scene's ground truth (``itergen_scene`` in transforms.json); None for other scenes.
 
@@ -136,7 +138,7 @@ def object_accumulation(model, cameras, centre: Float[Tensor, "3"], radius: floa
 
     The full model's accumulation is ~1 everywhere (backdrop Gaussians on the background shell cover every
     pixel), so the silhouette is rendered from the object region alone, by hiding the other Gaussians."""
-    from itergen_ns.training.frames import render_all_frames
+    from itergen_ns.models.rendering import render_all_frames
 
     opacities = model.gauss_params["opacities"]
     saved = opacities.data.clone()

@@ -1,4 +1,4 @@
-"""Evaluation report: markdown + JSON + CSV tables, image grids and orbit videos (DESIGN §8)."""
+"""Evaluation report: markdown + JSON + CSV tables, image grids and orbit videos (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from PIL import Image, ImageDraw
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from itergen_ns.snapshots.format import atomic_write_text
+from itergen_ns.io import atomic_path, atomic_write_text
 
 METRICS = ("psnr", "ssim", "lpips")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
 
 
 def summarize_results(results: Sequence[Dict]) -> List[Dict]:
@@ -44,9 +43,9 @@ def summarize_results(results: Sequence[Dict]) -> List[Dict]:
 
 def markdown_table(rows: Sequence[Dict]) -> str:
     metrics = [m for m in METRICS if any(f"{m}_mean" in r for r in rows)]
-    head = "| views | method | runs | " + " | ".join(
-        f"{m.upper()} best | {m.upper()} mean ± std" for m in metrics
-    ) + " |"
+    head = (
+        "| views | method | runs | " + " | ".join(f"{m.upper()} best | {m.upper()} mean ± std" for m in metrics) + " |"
+    )
     sep = "|" + "---|" * (3 + 2 * len(metrics))
     lines = [head, sep]
     for r in rows:
@@ -60,8 +59,9 @@ def markdown_table(rows: Sequence[Dict]) -> str:
     return "\n".join(lines)
 
 
-def frame_ci_table(results: Sequence[Dict], baseline: str = "itergen-splatfacto",
-                   metrics: Sequence[str] = ("psnr", "ssim")) -> str:
+def frame_ci_table(
+    results: Sequence[Dict], baseline: str = "itergen-splatfacto", metrics: Sequence[str] = ("psnr", "ssim")
+) -> str:
     """Per scene and view count: each method's mean with its 95% CI over held-out frames (samples averaged per
     frame) and, for the other methods, the paired per-frame difference to ``baseline``."""
     from itergen_ns.eval.stats import format_ci, frame_differences
@@ -69,9 +69,12 @@ def frame_ci_table(results: Sequence[Dict], baseline: str = "itergen-splatfacto"
     rows = frame_differences(results, baseline, metrics)
     if not rows:
         return ""
-    lines = ["| scene | views | method | samples | frames | " + " | ".join(
-        f"{m.upper()} mean [95% CI] | {m.upper()} − {baseline} [95% CI] (frames up)" for m in metrics) + " |",
-        "|" + "---|" * (5 + 2 * len(metrics))]
+    lines = [
+        "| scene | views | method | samples | frames | "
+        + " | ".join(f"{m.upper()} mean [95% CI] | {m.upper()} − {baseline} [95% CI] (frames up)" for m in metrics)
+        + " |",
+        "|" + "---|" * (5 + 2 * len(metrics)),
+    ]
     by_key: Dict[tuple, Dict[str, Dict]] = defaultdict(dict)
     for r in rows:
         by_key[(r["scene"], r["views"], r["method"])][r["metric"]] = r
@@ -136,14 +139,13 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 10) -> Path:
     scale = max(1, 256 // frames.shape[1])
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
+        with atomic_path(path, keep_suffix=True) as tmp:
+            imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
     except (ImportError, RuntimeError, ValueError):
         path = path.with_suffix(".gif")
-        tmp = path.with_name(f".{path.stem}.tmp.gif")
-        imageio.mimwrite(tmp, list(frames), duration=1.0 / fps, loop=0)
-    tmp.replace(path)
+        with atomic_path(path, keep_suffix=True) as tmp:
+            imageio.mimwrite(tmp, list(frames), duration=1.0 / fps, loop=0)
     return path
 
 
@@ -155,17 +157,22 @@ def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path
     settings = {}
     if config is not None:
         settings = {
-            k: str(v) for k, v in vars(config).items() if k in ("methods", "views", "samples", "steps", "data",
-                                                                 "generator_checkpoint", "use_masks")
+            k: str(v)
+            for k, v in vars(config).items()
+            if k in ("methods", "views", "samples", "steps", "data", "generator_checkpoint", "use_masks")
         }
-    atomic_write_text(output_dir / "results.json", json.dumps({"settings": settings, "summary": rows,
-                                                                "runs": list(results)}, indent=2))
+    atomic_write_text(
+        output_dir / "results.json",
+        json.dumps({"settings": settings, "summary": rows, "runs": list(results)}, indent=2),
+    )
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["scene", "views", "method", "sample", "seconds"] + list(METRICS))
     for r in results:
-        writer.writerow([r["scene"], r["views"], r["method"], r["sample"], r["seconds"]]
-                        + [f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "" for m in METRICS])
+        writer.writerow(
+            [r["scene"], r["views"], r["method"], r["sample"], r["seconds"]]
+            + [f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "" for m in METRICS]
+        )
     atomic_write_text(output_dir / "results.csv", buf.getvalue())
 
     figures = []
@@ -185,14 +192,16 @@ def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path
             if not renders:
                 continue
             any_run = next(iter(best.values()))
-            grid = image_grid(gt, renders, any_run["input_indices"], any_run["eval_indices"],
-                              getattr(config, "report_frames", 4))
+            grid = image_grid(
+                gt, renders, any_run["input_indices"], any_run["eval_indices"], getattr(config, "report_frames", 4)
+            )
             grid_path = output_dir / "grids" / f"{scene}_{views}v.png"
             grid_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(grid).save(grid_path)
             figures.append(grid_path)
-            video_method = next((m for m in renders if m.startswith("itergen") and m != "itergen-splatfacto"),
-                                next(iter(renders)))
+            video_method = next(
+                (m for m in renders if m.startswith("itergen") and m != "itergen-splatfacto"), next(iter(renders))
+            )
             orbit = np.concatenate([renders[video_method], gt], axis=2)
             write_video(orbit, output_dir / "videos" / f"{scene}_{views}v_{video_method}.mp4")
 
@@ -227,8 +236,14 @@ def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path
 
 # --- the proxy benchmark (`itergen bench`) ---------------------------------------------------------------------------
 BENCH_METRICS = ("psnr", "ssim", "masked_psnr", "iou", "lpips", "seconds")
-BENCH_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "masked_psnr": "object PSNR", "iou": "silhouette IoU",
-                "lpips": "LPIPS", "seconds": "wall s"}
+BENCH_LABELS = {
+    "psnr": "PSNR",
+    "ssim": "SSIM",
+    "masked_psnr": "object PSNR",
+    "iou": "silhouette IoU",
+    "lpips": "LPIPS",
+    "seconds": "wall s",
+}
 
 
 def frame_azimuths(scene_dir: Path) -> np.ndarray:
@@ -247,7 +262,9 @@ def frame_azimuths(scene_dir: Path) -> np.ndarray:
     return np.arctan2(rel @ b, rel @ a)
 
 
-def far_side_frames(azimuths: np.ndarray, inputs: Sequence[int], candidates: Sequence[int], count: int = 2) -> List[int]:
+def far_side_frames(
+    azimuths: np.ndarray, inputs: Sequence[int], candidates: Sequence[int], count: int = 2
+) -> List[int]:
     """``count`` held-out frames: the one farthest in azimuth from every input view first (the far side), then
     frames at evenly spaced ranks of that distance down to the nearest."""
     inputs = list(inputs)
@@ -284,7 +301,13 @@ def far_side_grid(
 def _fmt(value: float, metric: str) -> str:
     if value is None or not np.isfinite(value):
         return "–"
-    return f"{value:.1f}" if metric == "seconds" else f"{value:.3f}" if metric in ("ssim", "iou", "lpips") else f"{value:.2f}"
+    return (
+        f"{value:.1f}"
+        if metric == "seconds"
+        else f"{value:.3f}"
+        if metric in ("ssim", "iou", "lpips")
+        else f"{value:.2f}"
+    )
 
 
 def bench_tables(results: Sequence[Dict], baseline: str, metrics: Sequence[str]) -> List[str]:
@@ -296,41 +319,65 @@ def bench_tables(results: Sequence[Dict], baseline: str, metrics: Sequence[str])
     for views in sorted({r["views"] for r in results}):
         sub = [r for r in results if r["views"] == views]
         for aggregate in ("best", "mean"):
-            title = "best of S (the sample with the highest PSNR per scene)" if aggregate == "best" else \
-                "mean over samples"
+            title = (
+                "best of S (the sample with the highest PSNR per scene)" if aggregate == "best" else "mean over samples"
+            )
             summary = {(r["method"], r["metric"]): r for r in method_summary(sub, metrics, aggregate)}
             paired = {(r["method"], r["metric"]): r for r in paired_differences(sub, baseline, metrics, aggregate)}
             methods = sorted({r["method"] for r in sub}, key=lambda m: (m != baseline, m))
-            lines += [f"### {views} input view{'s' if views > 1 else ''}: {title}", "",
-                      "| method | scenes | " + " | ".join(f"{BENCH_LABELS[m]} | Δ {BENCH_LABELS[m]} [95% CI]"
-                                                       for m in metrics) + " |",
-                      "|" + "---|" * (2 + 2 * len(metrics))]
+            lines += [
+                f"### {views} input view{'s' if views > 1 else ''}: {title}",
+                "",
+                "| method | scenes | "
+                + " | ".join(f"{BENCH_LABELS[m]} | Δ {BENCH_LABELS[m]} [95% CI]" for m in metrics)
+                + " |",
+                "|" + "---|" * (2 + 2 * len(metrics)),
+            ]
             for method in methods:
-                cells = [method + (" (baseline)" if method == baseline else ""),
-                         str(summary.get((method, metrics[0]), {}).get("n", 0))]
+                cells = [
+                    method + (" (baseline)" if method == baseline else ""),
+                    str(summary.get((method, metrics[0]), {}).get("n", 0)),
+                ]
                 for m in metrics:
                     s = summary.get((method, m))
                     cells.append(_fmt(s["mean"], m) if s else "–")
                     p = paired.get((method, m))
                     digits = 1 if m == "seconds" else 3 if m in ("ssim", "iou", "lpips") else 2
-                    cells.append(format_ci(p["diff_mean"], p["diff_ci_low"], p["diff_ci_high"], digits)
-                                 + f" ({p['wins']}/{p['scenes']} up)" if p else "")
+                    cells.append(
+                        format_ci(p["diff_mean"], p["diff_ci_low"], p["diff_ci_high"], digits)
+                        + f" ({p['wins']}/{p['scenes']} up)"
+                        if p
+                        else ""
+                    )
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
         table = per_scene(sub, ("psnr",), "best")
         scenes = sorted({r["scene"] for r in sub})
         methods = sorted({r["method"] for r in sub}, key=lambda m: (m != baseline, m))
-        lines += [f"Per-scene PSNR, {views} view{'s' if views > 1 else ''}, best of S:", "",
-                  "| scene | " + " | ".join(methods) + " |", "|" + "---|" * (1 + len(methods))]
+        lines += [
+            f"Per-scene PSNR, {views} view{'s' if views > 1 else ''}, best of S:",
+            "",
+            "| scene | " + " | ".join(methods) + " |",
+            "|" + "---|" * (1 + len(methods)),
+        ]
         for scene in scenes:
-            lines.append(f"| {scene} | " + " | ".join(
-                _fmt(table.get((m, views), {}).get(scene, {}).get("psnr", float("nan")), "psnr") for m in methods) + " |")
+            lines.append(
+                f"| {scene} | "
+                + " | ".join(
+                    _fmt(table.get((m, views), {}).get(scene, {}).get("psnr", float("nan")), "psnr") for m in methods
+                )
+                + " |"
+            )
         lines.append("")
     return lines
 
 
 def write_bench_report(
-    results: Sequence[Dict], output_dir: Path, settings: Dict, baseline: str, report_scenes: int = 3,
+    results: Sequence[Dict],
+    output_dir: Path,
+    settings: Dict,
+    baseline: str,
+    report_scenes: int = 3,
     grid_methods: Sequence[str] = ("itergen-splatfacto", "itergen"),
 ) -> Path:
     """report.md, results.json (runs, per-scene values, paired differences with CIs), results.csv, one far-side
@@ -340,15 +387,22 @@ def write_bench_report(
     output_dir = Path(output_dir)
     metrics = [m for m in BENCH_METRICS if m == "seconds" or any(m in r["metrics"] for r in results)]
     payload = {
-        "settings": {k: (v if isinstance(v, (int, float, bool, dict, list)) or v is None else str(v))
-                     for k, v in settings.items()},
+        "settings": {
+            k: (v if isinstance(v, (int, float, bool, dict, list)) or v is None else str(v))
+            for k, v in settings.items()
+        },
         "baseline": baseline,
         "metrics": metrics,
         "summary": {a: method_summary(results, metrics, a) for a in AGGREGATES},
         "paired": {a: paired_differences(results, baseline, metrics, a) for a in AGGREGATES},
-        "per_scene": {a: [{"method": k[0], "views": k[1], "scene": s, **v}
-                          for k, scenes in per_scene(results, metrics, a).items() for s, v in sorted(scenes.items())]
-                      for a in AGGREGATES},
+        "per_scene": {
+            a: [
+                {"method": k[0], "views": k[1], "scene": s, **v}
+                for k, scenes in per_scene(results, metrics, a).items()
+                for s, v in sorted(scenes.items())
+            ]
+            for a in AGGREGATES
+        },
         "runs": [{k: v for k, v in r.items() if k != "per_frame"} for r in results],
     }
     atomic_write_text(output_dir / "results.json", json.dumps(payload, indent=2, default=str))
@@ -357,8 +411,9 @@ def write_bench_report(
     writer.writerow(["scene", "views", "method", "sample"] + metrics)
     for r in results:
         values = [r.get("seconds") if m == "seconds" else r["metrics"].get(m) for m in metrics]
-        writer.writerow([r["scene"], r["views"], r["method"], r["sample"]]
-                        + ["" if v is None else f"{v:.5f}" for v in values])
+        writer.writerow(
+            [r["scene"], r["views"], r["method"], r["sample"]] + ["" if v is None else f"{v:.5f}" for v in values]
+        )
     atomic_write_text(output_dir / "results.csv", buf.getvalue())
 
     figures, videos = [], []
@@ -373,14 +428,22 @@ def write_bench_report(
             if not methods or not gt_file.exists():
                 continue
             gt = np.load(gt_file)["images"]
-            renders = {m: np.load(runs_dir / scene / f"{views}v" / f"{m}-s{best[m]['sample']}" / "frames.npz")["renders"]
-                       for m in methods}
+            renders = {
+                m: np.load(runs_dir / scene / f"{views}v" / f"{m}-s{best[m]['sample']}" / "frames.npz")["renders"]
+                for m in methods
+            }
             run = best[methods[0]]
             az = frame_azimuths(Path(run["scene_path"]))
             for f in far_side_frames(az, run["input_indices"], run["eval_indices"], 2):
                 gap = np.degrees(np.abs(np.angle(np.exp(1j * (az[f] - az[run["input_indices"]])))).min())
-                rows.append((f"{scene[-4:]} f{f} {gap:.0f}deg", gt[run["input_indices"][0]],
-                             {m: renders[m][f] for m in methods}, gt[f]))
+                rows.append(
+                    (
+                        f"{scene[-4:]} f{f} {gap:.0f}deg",
+                        gt[run["input_indices"][0]],
+                        {m: renders[m][f] for m in methods},
+                        gt[f],
+                    )
+                )
         if rows:
             methods = [m for m in grid_methods if all(m in row[2] for row in rows)]
             path = output_dir / "grids" / f"far_side_{views}v.png"
@@ -396,19 +459,30 @@ def write_bench_report(
                     orbit = np.concatenate([np.load(frames)["renders"], np.load(gt_file)["images"]], axis=2)
                     videos.append(write_video(orbit, output_dir / "videos" / f"{method}_{views}v.mp4"))
 
-    lines = ["# itergen proxy benchmark", "",
-             f"{len(heldout)} held-out procedural scenes; metrics on the frames that were not input views. Δ: mean "
-             f"over scenes of the paired difference method − {baseline} on the same scene and input views, with a "
-             "Student-t 95% confidence interval; (k/n up): scenes where the method is higher. Object PSNR: MSE over "
-             "the ground-truth mask's pixels; silhouette IoU: accumulated opacity of the Gaussians inside the "
-             "object's bounding sphere > 0.5 vs the mask; wall s: training + rendering time of one run.", ""]
+    lines = [
+        "# itergen proxy benchmark",
+        "",
+        f"{len(heldout)} held-out procedural scenes; metrics on the frames that were not input views. Δ: mean "
+        f"over scenes of the paired difference method − {baseline} on the same scene and input views, with a "
+        "Student-t 95% confidence interval; (k/n up): scenes where the method is higher. Object PSNR: MSE over "
+        "the ground-truth mask's pixels; silhouette IoU: accumulated opacity of the Gaussians inside the "
+        "object's bounding sphere > 0.5 vs the mask; wall s: training + rendering time of one run.",
+        "",
+    ]
     lines += bench_tables(results, baseline, metrics)
     for fig in figures:
-        lines += [f"![{fig.stem}](grids/{fig.name})", "",
-                  "Rows: held-out frames, the farthest in azimuth from any input first (its angle in the label).", ""]
+        lines += [
+            f"![{fig.stem}](grids/{fig.name})",
+            "",
+            "Rows: held-out frames, the farthest in azimuth from any input first (its angle in the label).",
+            "",
+        ]
     if videos:
-        lines += ["Orbit videos (render | ground truth, first held-out scene): "
-                  + ", ".join(f"[{v.stem}](videos/{v.name})" for v in videos), ""]
+        lines += [
+            "Orbit videos (render | ground truth, first held-out scene): "
+            + ", ".join(f"[{v.stem}](videos/{v.name})" for v in videos),
+            "",
+        ]
     lines += ["Settings:", "", "```", json.dumps(payload["settings"], indent=1, default=str), "```", ""]
     report = output_dir / "report.md"
     atomic_write_text(report, "\n".join(lines))

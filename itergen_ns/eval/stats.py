@@ -1,6 +1,6 @@
 """Paired statistics of the benchmark: per-scene values, method − baseline differences and their 95% CI.
 
-Methods are compared *paired* on the same scenes and input views (DESIGN §8): scene-to-scene spread is much
+Methods are compared *paired* on the same scenes and input views (docs/protocol.md): scene-to-scene spread is much
 larger than the effects we look for, so the interval is that of the mean of per-scene differences (Student t
 with n − 1 degrees of freedom), not of two independent means. Each scene contributes one value per method,
 either its best-of-S sample (the paper's protocol: the sample with the highest PSNR, all metrics taken from that
@@ -85,20 +85,22 @@ def paired_differences(
         for m in metrics:
             diffs = [scenes[s][m] - base[s][m] for s in paired]
             ci = t_interval(diffs, confidence)
-            rows.append({
-                "views": views,
-                "method": method,
-                "baseline": baseline,
-                "metric": m,
-                "aggregate": aggregate,
-                "scenes": len(paired),
-                "method_mean": _nanmean([scenes[s][m] for s in paired]),
-                "baseline_mean": _nanmean([base[s][m] for s in paired]),
-                "diff_mean": ci["mean"],
-                "diff_ci_low": ci["ci_low"],
-                "diff_ci_high": ci["ci_high"],
-                "wins": int(sum(d > 0 for d in diffs if np.isfinite(d))),
-            })
+            rows.append(
+                {
+                    "views": views,
+                    "method": method,
+                    "baseline": baseline,
+                    "metric": m,
+                    "aggregate": aggregate,
+                    "scenes": len(paired),
+                    "method_mean": _nanmean([scenes[s][m] for s in paired]),
+                    "baseline_mean": _nanmean([base[s][m] for s in paired]),
+                    "diff_mean": ci["mean"],
+                    "diff_ci_low": ci["ci_low"],
+                    "diff_ci_high": ci["ci_high"],
+                    "wins": int(sum(d > 0 for d in diffs if np.isfinite(d))),
+                }
+            )
     return rows
 
 
@@ -124,35 +126,51 @@ def frame_differences(
         return {i: float(np.mean(v)) for i, v in values.items()}
 
     rows = []
-    for (scene, views, method), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != baseline, kv[0][2])):
+    for (scene, views, method), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != baseline, kv[0][2])
+    ):
         base_runs = groups.get((scene, views, baseline))
         for m in metrics:
             own = per_frame(runs, m)
             if not own:
                 continue
-            row = {"scene": scene, "views": views, "method": method, "metric": m, "samples": len(runs),
-                   **t_interval(list(own.values()), confidence)}
+            row = {
+                "scene": scene,
+                "views": views,
+                "method": method,
+                "metric": m,
+                "samples": len(runs),
+                **t_interval(list(own.values()), confidence),
+            }
             if base_runs is not None and method != baseline:
                 base = per_frame(base_runs, m)
                 paired = sorted(set(own) & set(base))
                 diff = t_interval([own[i] - base[i] for i in paired], confidence)
-                row.update({"diff_mean": diff["mean"], "diff_ci_low": diff["ci_low"], "diff_ci_high": diff["ci_high"],
-                            "frames_paired": len(paired),
-                            "wins": int(sum(own[i] > base[i] for i in paired))})
+                row.update(
+                    {
+                        "diff_mean": diff["mean"],
+                        "diff_ci_low": diff["ci_low"],
+                        "diff_ci_high": diff["ci_high"],
+                        "frames_paired": len(paired),
+                        "wins": int(sum(own[i] > base[i] for i in paired)),
+                    }
+                )
             rows.append(row)
     return rows
 
 
-def method_summary(results: Sequence[Dict], metrics: Sequence[str], aggregate: str = "best",
-                   confidence: float = 0.95) -> List[Dict]:
+def method_summary(
+    results: Sequence[Dict], metrics: Sequence[str], aggregate: str = "best", confidence: float = 0.95
+) -> List[Dict]:
     """One row per (views, method, metric): mean over scenes of the per-scene value with its t interval."""
     rows = []
     table = per_scene(results, metrics, aggregate)
     for (method, views), scenes in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         for m in metrics:
             ci = t_interval([v[m] for v in scenes.values()], confidence)
-            rows.append({"views": views, "method": method, "metric": m, "aggregate": aggregate,
-                         "scenes": len(scenes), **ci})
+            rows.append(
+                {"views": views, "method": method, "metric": m, "aggregate": aggregate, "scenes": len(scenes), **ci}
+            )
     return rows
 
 

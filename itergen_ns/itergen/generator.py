@@ -103,7 +103,7 @@ class Generator:
             raise ValueError(
                 f"{source}: generates {self.num_frames} frames per clip, but the run expects "
                 f"{cfg.expected_num_frames} (--pipeline.generator.expected-num-frames / "
-                "--pipeline.datamanager.num-generated-frames)"
+                "--pipeline.generation.num-generated-frames)"
             )
         if cfg.expected_resolution is not None and (self.height, self.width) != (cfg.expected_resolution,) * 2:
             raise ValueError(

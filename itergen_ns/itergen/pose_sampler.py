@@ -1,4 +1,4 @@
-"""P_lambda: where to generate next (DESIGN §4, "uncertainty-guided ordering").
+"""P_lambda: where to generate next (docs/architecture.md, "Pose sampling": the paper's "uncertainty-guided ordering").
 
 Generated poses are rigid motions of a known camera along the capture orbit: rotate about the orbit's up
 axis through the object centre (azimuth), tilt about the horizontal axis (elevation), and dolly along the
@@ -60,7 +60,9 @@ class Orbit:
     ref: Float[Tensor, "3"]
 
     @classmethod
-    def from_cameras(cls, c2w: Float[Tensor, "N 3 4"], elevation_prior_degrees: float = FALLBACK_ELEVATION_DEGREES) -> "Orbit":
+    def from_cameras(
+        cls, c2w: Float[Tensor, "N 3 4"], elevation_prior_degrees: float = FALLBACK_ELEVATION_DEGREES
+    ) -> "Orbit":
         """The orbit of an inward capture seen from ``c2w`` (the input cameras only)."""
         c2w = c2w.double()
         if c2w.shape[0] >= 2:
@@ -89,7 +91,9 @@ class Orbit:
         p = c2w[:, 3].double() - self.centre
         return math.degrees(math.asin(float(torch.dot(p, self.up) / p.norm().clamp_min(1e-12))))
 
-    def move(self, c2w: Float[Tensor, "3 4"], d_azimuth: float, d_elevation: float, zoom: float) -> Float[Tensor, "3 4"]:
+    def move(
+        self, c2w: Float[Tensor, "3 4"], d_azimuth: float, d_elevation: float, zoom: float
+    ) -> Float[Tensor, "3 4"]:
         """``c2w`` rotated by d_azimuth about the up axis, tilted by d_elevation and dollied by factor ``zoom``
         (distance to the centre scales by it); angles in degrees."""
         c2w = c2w.double()
@@ -158,7 +162,9 @@ class PoseSampler:
     ``clip_statistics`` from the generator's model directory.
     """
 
-    def __init__(self, config: PoseSamplerConfig, input_c2w: Float[Tensor, "N 3 4"], seed: int = 0, clip_statistics=None):
+    def __init__(
+        self, config: PoseSamplerConfig, input_c2w: Float[Tensor, "N 3 4"], seed: int = 0, clip_statistics=None
+    ):
         if input_c2w.shape[0] == 0:
             raise ValueError("PoseSampler needs at least one input camera")
         self.config = config

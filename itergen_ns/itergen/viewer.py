@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from itergen_ns.itergen.datamanager import GeneratedClip
+from itergen_ns import compat
+from itergen_ns.itergen.generation import GeneratedClip
 
 SCALE_RATIO = 10.0  # nerfstudio's viewer draws the scene 10x larger (VISER_NERFSTUDIO_SCALE_RATIO)
 NODE_PREFIX = "/itergen/generated"
@@ -124,9 +125,7 @@ class GeneratedViewsPanel:
 
     def _send_on_top_js(self) -> None:
         try:
-            from viser import _messages
-
-            self.server.scene._websock_interface.queue_message(_messages.RunJavascriptMessage(source=ON_TOP_JS))
+            compat.queue_viser_message(self.server, compat.run_javascript_message(ON_TOP_JS))
         except (AttributeError, ImportError, TypeError):  # another viser: frustums stay depth-tested
             pass
 

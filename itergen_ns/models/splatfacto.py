@@ -207,7 +207,9 @@ class IterGenSplatfactoModel(SplatfactoModel):
             return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)
         render, alpha, self.info, (H, W) = result
         if self.training:
-            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
+            self.strategy.step_pre_backward(
+                self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info
+            )
 
         background = self._get_background_color()
         rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)

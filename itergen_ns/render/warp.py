@@ -22,17 +22,11 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from itergen_ns.data.camera_utils import to_homogeneous
+
 OCCLUSION_TOLERANCE = 0.05
 """Relative depth slack of the occlusion test: a point counts as visible in the input view when its depth there
 is at most (1 + tolerance) x the input render's depth at that pixel."""
-
-
-def _homogeneous(c2w: Float[Tensor, "*B R 4"]) -> Float[Tensor, "*B 4 4"]:
-    if c2w.shape[-2] == 4:
-        return c2w
-    bottom = torch.zeros(*c2w.shape[:-2], 1, 4, dtype=c2w.dtype, device=c2w.device)
-    bottom[..., 0, 3] = 1.0
-    return torch.cat([c2w, bottom], dim=-2)
 
 
 def unproject(
@@ -44,7 +38,7 @@ def unproject(
     v, u = torch.meshgrid(torch.arange(h, device=dev) + 0.5, torch.arange(w, device=dev) + 0.5, indexing="ij")
     fx, fy, cx, cy = (intrinsics[:, i].view(b, 1, 1) for i in range(4))
     cam = torch.stack([(u - cx) / fx * depth, -(v - cy) / fy * depth, -depth], dim=-1)  # OpenGL camera frame
-    pose = _homogeneous(c2w.float())
+    pose = to_homogeneous(c2w.float())
     return torch.einsum("bij,bhwj->bhwi", pose[:, :3, :3], cam) + pose[:, None, None, :3, 3]
 
 
@@ -52,7 +46,7 @@ def project(
     points: Float[Tensor, "B H W 3"], c2w: Float[Tensor, "B R 4"], intrinsics: Float[Tensor, "B 4"]
 ) -> Tuple[Float[Tensor, "B H W 2"], Float[Tensor, "B H W"]]:
     """Pixel coordinates (x, y; centres at +0.5) and depth of world ``points`` in the cameras ``c2w``."""
-    w2c = torch.linalg.inv(_homogeneous(c2w.float()))
+    w2c = torch.linalg.inv(to_homogeneous(c2w.float()))
     cam = torch.einsum("bij,bhwj->bhwi", w2c[:, :3, :3], points) + w2c[:, None, None, :3, 3]
     z = -cam[..., 2]
     safe = torch.where(z.abs() > 1e-8, z, torch.full_like(z, 1e-8))

@@ -42,6 +42,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from itergen_ns.data.co3d_dataparser import CO3DDataParserConfig, is_co3d_sequence
+from itergen_ns.data.discovery import discover_scenes
 from itergen_ns.data.sparse_dataparser import SparseNerfstudioDataParserConfig
 from itergen_ns.snapshots.format import (
     ShardWriter,
@@ -50,61 +51,15 @@ from itergen_ns.snapshots.format import (
     shard_exists,
     summarize,
 )
-from itergen_ns.training.frames import render_all_frames
-from itergen_ns.training.runner import TrainSpec, apply_overrides, build_config, train
-
-SCENE_INDEX = "scenes.json"  # written by `itergen make-scenes`; its "split" marks train and held-out scenes
+from itergen_ns.models.rendering import render_all_frames
+from itergen_ns.engine.runner import TrainSpec, apply_overrides, build_config, train
 
 
 class SceneError(ValueError):
     """A scene cannot be exported (too few frames, unreadable image, ...); the message names the scene."""
 
 
-# ------------------------------------------------------------------------------------------------ scene lists
-
-
-def _is_scene(path: Path) -> bool:
-    return (path / "transforms.json").is_file() or is_co3d_sequence(path)
-
-
-def _collection_scenes(path: Path, include_heldout: bool) -> List[Path]:
-    """Scene folders of a collection folder; a procedural collection's held-out scenes are left out by default."""
-    index_file = path / SCENE_INDEX
-    if index_file.is_file() and not include_heldout:
-        from itergen_ns.data.scenes import load_scene_index
-
-        entries = load_scene_index(path)["scenes"]
-        chosen = [Path(e["path"]) for e in entries if e.get("split", "train") == "train"]
-        missing = [p for p in chosen if not _is_scene(p)]
-        if missing:
-            raise FileNotFoundError(f"{index_file}: lists scenes that are missing or incomplete: {missing}")
-        return sorted(chosen)
-    return sorted(p for p in path.iterdir() if p.is_dir() and _is_scene(p))
-
-
-def discover_scenes(paths: Sequence[Path], include_heldout: bool = False) -> List[Path]:
-    """Scene folders named by ``paths``: a scene (transforms.json / CO3D sequence) or a folder of scenes.
-
-    The order is deterministic (sorted within each folder, paths in the given order, duplicates dropped), so
-    every process of a ``--shard i/n`` export sees the same list.
-    """
-    scenes: List[Path] = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such scene or dataset directory")
-        if _is_scene(path):
-            scenes.append(path)
-            continue
-        found = _collection_scenes(path, include_heldout) if path.is_dir() else []
-        if not found:
-            raise ValueError(f"{path}: holds no scenes (expected transforms.json or CO3D sequence folders)")
-        scenes.extend(found)
-    unique, seen = [], set()
-    for scene in scenes:
-        if scene.resolve() not in seen:
-            seen.add(scene.resolve())
-            unique.append(scene)
-    return unique
+# ------------------------------------------------------------------------------------------------ shard names
 
 
 def scene_key(scene: Path) -> str:
@@ -279,7 +234,7 @@ class ExportReport:
 
 @dataclass
 class ExportSnapshotsConfig:
-    """Export snapshot shards (DESIGN §6) for every scene under ``data``."""
+    """Export snapshot shards (docs/architecture.md, "Snapshots") for every scene under ``data``."""
 
     data: Tuple[Path, ...]
     """Scene folders or folders of scenes (procedural collection root, CO3D category folder)."""

@@ -1,4 +1,4 @@
-"""On-disk format of snapshot data (DESIGN §6): the one reader/writer shared by the exporter and the trainer.
+"""On-disk format of snapshot data (docs/architecture.md, "Snapshots"): the one reader/writer shared by the exporter and the trainer.
 
 Layout of a snapshot root::
 
@@ -23,10 +23,8 @@ export never deletes the temporary of a writer that is still running (the kernel
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +32,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
+
+from itergen_ns import io
 
 FORMAT_NAME = "itergen-snapshots"
 FORMAT_VERSION = 1
@@ -67,14 +67,6 @@ def payload_bytes(
     return int(total)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def ensure_format(root: Path) -> None:
     """Create ``root/format.json`` or check that an existing root holds this format version."""
     root = Path(root)
@@ -91,7 +83,7 @@ def ensure_format(root: Path) -> None:
                 f"{FORMAT_NAME!r} version {FORMAT_VERSION}; export into a new directory"
             )
         return
-    atomic_write_text(fmt, json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}, indent=2))
+    io.atomic_write_text(fmt, json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}, indent=2))
 
 
 def shard_dir(root: Path, name: str) -> Path:
@@ -118,7 +110,7 @@ class ShardWriter:
         self.final = shard_dir(root, name)
         if self.final.exists():
             raise FileExistsError(f"{self.final} already exists")
-        self.tmp = self.final.parent / f".tmp-{name}-{os.getpid()}"
+        self.tmp = io.temporary_sibling(self.final)
         self.nbytes = 0
         self.keys: set = set()
         self._lock: Optional[int] = None
@@ -127,17 +119,15 @@ class ShardWriter:
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
-        self._lock = os.open(self.tmp, os.O_RDONLY)  # "in use" for remove_stale_temporaries in other processes
-        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock = io.lock(self.tmp)  # "in use" for remove_stale_temporaries in other processes
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         # an exception, or leaving without commit(): nothing of this shard may stay behind
         if self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        io.unlock(self._lock)
+        self._lock = None
 
     def save(self, key: str, arr: np.ndarray) -> None:
         np.save(self.tmp / f"{key}.npy", np.ascontiguousarray(arr))
@@ -185,32 +175,7 @@ def remove_stale_temporaries(root: Path, names: Optional[Iterable[str]] = None) 
     parts into one root must not delete each other's shards in flight. A temporary whose writer is still
     running (it holds the directory's lock) is never deleted, whatever ``names`` says.
     """
-    shards = Path(root) / "shards"
-    if not shards.exists():
-        return 0
-    if names is None:
-        stale = [p for p in shards.iterdir() if p.name.startswith(".tmp-")]
-    else:
-        pattern = re.compile(r"^\.tmp-(.+)-\d+$")
-        wanted = set(names)
-        stale = [p for p in shards.iterdir() if (m := pattern.match(p.name)) and m.group(1) in wanted]
-    removed = 0
-    for p in stale:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except OSError:  # gone meanwhile (its writer finished or another cleaner came first)
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a live writer's shard in flight
-            os.close(fd)
-            continue
-        try:
-            shutil.rmtree(p, ignore_errors=True)
-            removed += 1
-        finally:
-            os.close(fd)
-    return removed
+    return io.remove_dead_temporaries(Path(root) / "shards", names)
 
 
 @dataclass
@@ -277,7 +242,9 @@ def load_shard(path: Path) -> SnapshotShard:
         raise ValueError(f"{path / 'input_indices.npy'}: expected frame indices in [0, {num_frames - 1}], got {inputs}")
     masks = arrays.get("masks")
     if masks is not None and tuple(masks.shape) != tuple(arrays["images"].shape[:3]):
-        raise ValueError(f"{path / 'masks.npy'}: shape {tuple(masks.shape)}, expected {tuple(arrays['images'].shape[:3])}")
+        raise ValueError(
+            f"{path / 'masks.npy'}: shape {tuple(masks.shape)}, expected {tuple(arrays['images'].shape[:3])}"
+        )
     latents = arrays.get("render_latents")
     if latents is not None and (latents.ndim != 5 or tuple(latents.shape[:2]) != tuple(renders.shape[:2])):
         raise ValueError(

@@ -18,6 +18,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 import numpy as np
 from PIL import Image
 
+from itergen_ns.io import atomic_write, atomic_write_text
+
 BACKGROUND_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 CACHE_VERSION = 1
 _T = TypeVar("_T")
@@ -91,17 +93,8 @@ def apply_crop(array: np.ndarray, box: CropBox, resample: Image.Resampling) -> n
 
 
 def write_png_atomic(array: np.ndarray, path: Path) -> None:
-    """Write ``array`` as PNG via a temporary sibling file and ``os.replace`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``array`` as PNG, atomically (:mod:`itergen_ns.io`)."""
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
 def is_writable_dir(path: Path) -> bool:
@@ -127,14 +120,16 @@ def cache_folder(sequence_dir: Path, settings: dict, override: Optional[Path] = 
         base = sequence_dir / ".itergen_cache"
     else:
         where = hashlib.sha1(str(Path(sequence_dir).absolute()).encode("utf-8")).hexdigest()[:8]
-        base = Path(tempfile.gettempdir()) / "itergen_co3d_cache" / f"{sequence_dir.parent.name}_{sequence_dir.name}_{where}"
+        base = (
+            Path(tempfile.gettempdir())
+            / "itergen_co3d_cache"
+            / f"{sequence_dir.parent.name}_{sequence_dir.name}_{where}"
+        )
     folder = base / tag
     folder.mkdir(parents=True, exist_ok=True)
     settings_file = folder / "settings.json"
     if not settings_file.exists():
-        tmp = folder / f".settings.{os.getpid()}.tmp"
-        tmp.write_text(blob, encoding="utf-8")
-        os.replace(tmp, settings_file)
+        atomic_write_text(settings_file, blob)
     return folder
 
 

@@ -21,6 +21,8 @@ import yaml
 from nerfstudio.engine.callbacks import TrainingCallback
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
+from itergen_ns import compat
+
 
 def method_config(method: str) -> TrainerConfig:
     """A fresh copy of a registered method's config (built-in or plugin)."""
@@ -159,15 +161,14 @@ def train(
 def scoped_event_writers() -> Iterator[None]:
     """Close and drop the event writers a Trainer registers in nerfstudio's global list, so consecutive runs
     in one process (exporter, eval harness, demo) don't log into each other's folders."""
-    from nerfstudio.utils import writer
-
-    before = len(writer.EVENT_WRITERS)
+    writers = compat.event_writers()
+    before = len(writers)
     try:
         yield
     finally:
-        for w in writer.EVENT_WRITERS[before:]:
+        for w in writers[before:]:
             tb = getattr(w, "tb_writer", None)
             if tb is not None:
                 tb.close()
-        del writer.EVENT_WRITERS[before:]
-        writer.EVENT_STORAGE.clear()
+        del writers[before:]
+        compat.clear_event_storage()

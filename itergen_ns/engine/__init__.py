@@ -1,0 +1,1 @@
+"""nerfstudio's engine as the project uses it: the Trainer with atomic checkpoints, run from Python."""

@@ -1,1 +1,0 @@
-"""Programmatic training of the project's nerfstudio methods."""

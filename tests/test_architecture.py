@@ -1,0 +1,71 @@
+"""The layering of docs/architecture.md: a module imports only modules of its own or a lower layer."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, Set
+
+PACKAGE = Path(__file__).resolve().parents[1] / "itergen_ns"
+
+LAYERS = [  # (layer, module prefixes), most specific prefix wins
+    (0, ("itergen_ns.io", "itergen_ns.errors", "itergen_ns.compat")),
+    (1, ("itergen_ns.data",)),
+    (2, ("itergen_ns.render",)),
+    (3, ("itergen_ns.models",)),
+    (4, ("itergen_ns.snapshots.format",)),
+    (5, ("itergen_ns.diffusion",)),
+    (6, ("itergen_ns.itergen",)),
+    (7, ("itergen_ns.engine", "itergen_ns.method_configs", "itergen_ns.dataparser_configs")),
+    (8, ("itergen_ns.snapshots", "itergen_ns.eval", "itergen_ns.cli", "itergen_ns.weights")),
+]
+
+
+def layer_of(module: str) -> int:
+    best, length = None, -1
+    for layer, prefixes in LAYERS:
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > length:
+                best, length = layer, len(prefix)
+    assert best is not None, f"{module}: in no layer of docs/architecture.md"
+    return best
+
+
+def package_imports() -> Dict[str, Set[str]]:
+    """Every itergen_ns module and the itergen_ns modules it imports (module level or inside functions)."""
+    out: Dict[str, Set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found: Set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("itergen_ns"):
+                if node.module == "itergen_ns":  # from itergen_ns import errors, io
+                    found.update(f"itergen_ns.{a.name}" for a in node.names)
+                else:
+                    found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("itergen_ns"))
+        out[module] = found
+    return out
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    upward = [
+        f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
+        for module, targets in package_imports().items()
+        if module != "itergen_ns"
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
+    assert upward == []
+
+
+def test_the_snapshot_format_imports_only_utilities() -> None:
+    assert package_imports()["itergen_ns.snapshots.format"] <= {"itergen_ns.io"}
+
+
+def test_the_datamanager_neither_renders_nor_samples() -> None:
+    imports = package_imports()["itergen_ns.itergen.datamanager"]
+    assert not {m for m in imports if m.startswith(("itergen_ns.render", "itergen_ns.diffusion"))}
+    assert "itergen_ns.models.rendering" not in imports and "itergen_ns.itergen.generator" not in imports
