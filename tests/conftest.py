@@ -9,6 +9,11 @@ import torch
 
 from itergen_ns.data.scenes import make_scenes
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout (tests live in sub-folders mirroring the package, so no test computes this itself)."""
+SHARED = REPO_ROOT.parent / "shared"
+"""Small real captures and weights beside the checkout (CI has it; tests that need it skip without it)."""
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 from typing import Dict, Set
+from conftest import REPO_ROOT
 
-PACKAGE = Path(__file__).resolve().parents[1] / "itergen_ns"
+PACKAGE = REPO_ROOT / "itergen_ns"
 
 LAYERS = [  # (layer, module prefixes), most specific prefix wins
     (0, ("itergen_ns.io", "itergen_ns.errors", "itergen_ns.compat")),

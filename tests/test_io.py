@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from itergen_ns import io
 
@@ -29,7 +30,7 @@ with io.atomic_path(Path(sys.argv[1]), directory=sys.argv[2] == "dir") as tmp:
 
 def hold_writer(path: Path, kind: str) -> tuple[subprocess.Popen, Path]:
     """A writer in another process stopped mid-write; returns it and its temporary."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), kind], stdout=subprocess.PIPE, text=True, env=env)
     return proc, Path(proc.stdout.readline().strip())
 

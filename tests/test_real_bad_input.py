@@ -29,8 +29,9 @@ from itergen_ns.data.image_checks import (
     IntrinsicsError,
     PoseError,
 )
+from conftest import SHARED
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED / "data"
 APPLE_CATEGORY = DATA / "co3d_apple" / "apple"
 TEMPLE = DATA / "middlebury_temple"
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import REPO_ROOT
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "viewer_screenshot.py"
+SCRIPT = REPO_ROOT / "scripts" / "viewer_screenshot.py"
 
 
 def load_script():

@@ -294,7 +294,7 @@ def make_scenes(
 
 def default_num_heldout(num_scenes: int, at_most: int = 2) -> int:
     """Held-out scenes when none are asked for: ``at_most``, or every scene of a smaller collection (so
-    ``--num-scenes 1`` gives a scene `itergen eval --data DIR` scores, as tests/test_bench_proxy.py pins)."""
+    ``--num-scenes 1`` gives a scene `itergen eval --data DIR` scores, as tests/eval/test_bench_proxy.py pins)."""
     return max(0, min(at_most, num_scenes))
 
 

@@ -23,7 +23,7 @@ from typing import Dict, Literal, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLTemporalDecoder, AutoencoderTiny, EulerDiscreteScheduler
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from itergen_ns.io import atomic_path
@@ -251,47 +251,13 @@ class IterGenDiffusionModel(nn.Module):
         return ((images + 1.0) / 2.0).clamp(0, 1).reshape(b, g, *images.shape[1:])
 
     # ------------------------------------------------------------------------------------- conditioning
-    def prepare_conditioning(
-        self,
-        render_latents: Float[Tensor, "B G C h w"],
-        input_images: Float[Tensor, "B K 3 H W"],
-        input_mask: Bool[Tensor, "B K"],
-        input_poses: Float[Tensor, "B K 4 4"],
-        target_poses: Float[Tensor, "B G 4 4"],
-        render_noise: Union[float, Float[Tensor, "B"]],
-        generator: Optional[torch.Generator],
-        target_intrinsics: Optional[Float[Tensor, "B G 4"]] = None,
-        input_latents: Optional[Float[Tensor, "B K C h w"]] = None,
-        warped_latents: Optional[Float[Tensor, "B G C h w"]] = None,
-    ) -> Conditioning:
-        """The full (undropped) conditioning of a batch of clips.
-
-        See :func:`~itergen_ns.diffusion.conditioning.build_conditioning` for the arguments' conventions.
-        """
-        return build_conditioning(
-            self,
-            render_latents,
-            input_images,
-            input_mask,
-            input_poses,
-            target_poses,
-            render_noise,
-            generator,
-            target_intrinsics,
-            input_latents,
-            warped_latents,
-        )
+    def prepare_conditioning(self, *args, **kwargs) -> Conditioning:
+        """The full (undropped) conditioning of a batch of clips:
+        :func:`~itergen_ns.diffusion.conditioning.build_conditioning` of this model (its arguments after ``model``)."""
+        return build_conditioning(self, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------------- training
-    def training_loss(
-        self,
-        batch: Dict[str, Tensor],
-        generator: Optional[torch.Generator],
-        render_noise: Union[float, Tensor],
-        drop_inputs: float = 0.1,
-        drop_renders: float = 0.1,
-        drop_both: float = 0.1,
-        denoiser: Optional[nn.Module] = None,
-    ) -> Tuple[Tensor, Dict[str, float]]:
-        """EDM v-prediction loss on one batch: see :func:`~itergen_ns.diffusion.loss.denoising_loss`."""
-        return denoising_loss(self, batch, generator, render_noise, drop_inputs, drop_renders, drop_both, denoiser)
+    def training_loss(self, *args, **kwargs) -> Tuple[Tensor, Dict[str, float]]:
+        """EDM loss on one batch: :func:`~itergen_ns.diffusion.loss.denoising_loss` of this model (its arguments
+        after ``model``)."""
+        return denoising_loss(self, *args, **kwargs)

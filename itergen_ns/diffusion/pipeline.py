@@ -14,7 +14,7 @@ continuous timesteps). Guidance branches are batched into one UNet call per step
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -98,8 +98,7 @@ class IterGenVideoPipeline:
         length). Defaults for steps / scales / render noise come from the model's :class:`SamplingConfig`. Returns images in [0, 1]
         on the renders' device, or the final latents when ``output_type="latent"``.
         """
-        model = self.model
-        cfg = model.config
+        model, cfg = self.model, self.model.config
         sampling = cfg.sampling.with_overrides(
             num_inference_steps=num_inference_steps,
             guidance_3d=guidance_3d,
@@ -107,10 +106,34 @@ class IterGenVideoPipeline:
             render_noise=render_noise,
             start_sigma=start_sigma,
         )
-        steps, g3, gi = sampling.num_inference_steps, float(sampling.guidance_3d), float(sampling.guidance_input)
-        noise_level = float(sampling.render_noise)
-        g, c = renders.shape[0], input_images.shape[0]
-        k = cfg.max_input_views
+        g3, gi = float(sampling.guidance_3d), float(sampling.guidance_input)
+        self._check_counts(renders, input_images, input_poses, target_poses)
+        out_hw = tuple(renders.shape[-2:])
+        render_latents, cond = self._conditioning(
+            renders, input_images, input_poses, target_poses, float(sampling.render_noise), generator,
+            self._model_intrinsics(target_intrinsics, out_hw), warped_inputs,
+        )  # fmt: skip
+        branches = guidance_branches(g3, gi)
+        batched = Conditioning.cat([cond.branch(name) for name in branches]).as_kwargs()
+        scheduler = model.make_scheduler()
+        scheduler.set_timesteps(sampling.num_inference_steps, device=self.device)
+        latents, timesteps = self._initial_latents(scheduler, render_latents, sampling.start_sigma, generator)
+        for t in tqdm(timesteps, disable=not self.progress, desc="sampling", leave=False):
+            x_in = scheduler.scale_model_input(latents, t)
+            timestep = t.reshape(1).expand(len(branches)).float()
+            pred = model.denoiser(x_in.repeat(len(branches), 1, 1, 1, 1), timestep, **batched).float()
+            preds = dict(zip(branches, pred.chunk(len(branches))))
+            v = combine_guidance(preds["full"], preds.get("no_3d"), preds.get("no_input"), g3, gi)
+            latents = scheduler.step(v, t, latents).prev_sample
+        if output_type == "latent":
+            return latents[0]
+        images = model.decode_latents(latents)[0]
+        if images.shape[-2:] != out_hw:
+            images = F.interpolate(images, size=out_hw, mode="bilinear", antialias=True).clamp(0, 1)
+        return images.to(renders.device)
+
+    def _check_counts(self, renders: Tensor, input_images: Tensor, input_poses: Tensor, target_poses: Tensor) -> None:
+        g, c, k = renders.shape[0], input_images.shape[0], self.model.config.max_input_views
         if c < 1 or c > k:
             raise ValueError(f"got {c} input views; this model takes 1..{k}")
         if target_poses.shape[0] != g or input_poses.shape[0] != c:
@@ -118,20 +141,34 @@ class IterGenVideoPipeline:
                 f"pose counts ({input_poses.shape[0]} input, {target_poses.shape[0]} target) must match images "
                 f"({c} inputs, {g} renders)"
             )
-        device = self.device
-        out_hw = tuple(renders.shape[-2:])
-        intrinsics = None
-        if target_intrinsics is not None:
-            scale = torch.tensor(
-                [cfg.width / out_hw[1], cfg.height / out_hw[0], cfg.width / out_hw[1], cfg.height / out_hw[0]],
-                device=target_intrinsics.device,
-                dtype=torch.float32,
-            )
-            intrinsics = (target_intrinsics.float() * scale)[None]
 
+    def _model_intrinsics(self, target_intrinsics: Optional[Tensor], out_hw: Tuple[int, ...]) -> Optional[Tensor]:
+        """(fx, fy, cx, cy) in pixels of the renders -> in pixels of the model resolution, batched [1, G, 4]."""
+        if target_intrinsics is None:
+            return None
+        cfg = self.model.config
+        sx, sy = cfg.width / out_hw[1], cfg.height / out_hw[0]
+        scale = torch.tensor([sx, sy, sx, sy], device=target_intrinsics.device, dtype=torch.float32)
+        return (target_intrinsics.float() * scale)[None]
+
+    def _conditioning(
+        self,
+        renders: Tensor,
+        input_images: Tensor,
+        input_poses: Tensor,
+        target_poses: Tensor,
+        noise_level: float,
+        generator: Optional[torch.Generator],
+        intrinsics: Optional[Tensor],
+        warped_inputs: Optional[Tensor],
+    ) -> Tuple[Tensor, Conditioning]:
+        """Render latents [1, G, C, h, w] and the full conditioning of one clip (inputs padded to the model's
+        ``max_input_views`` slots)."""
+        model, device = self.model, self.device
+        k, c = model.config.max_input_views, input_images.shape[0]
         render_latents = model.encode_latents(model.resize(renders.to(device).float()))[None]
         warped_latents = None
-        if cfg.needs_depth:
+        if model.config.needs_depth:
             if warped_inputs is None or warped_inputs.shape != renders.shape:
                 raise ValueError(
                     "this model conditions on the warped input view (extra_maps 'warped_input'): pass "
@@ -155,32 +192,19 @@ class IterGenVideoPipeline:
             intrinsics,
             warped_latents=warped_latents,
         )
-        branches = guidance_branches(g3, gi)
-        batched = Conditioning.cat([cond.branch(name) for name in branches]).as_kwargs()
+        return render_latents, cond
 
-        scheduler = model.make_scheduler()
-        scheduler.set_timesteps(steps, device=device)
-        timesteps, start = scheduler.timesteps, 0
-        noise = randn(render_latents.shape, generator, device)
-        if sampling.start_sigma is None:
-            latents = noise * scheduler.init_noise_sigma
-        else:  # SDEdit: the render latent noised to the first level <= start_sigma
-            sigmas = scheduler.sigmas[:-1].to(device)
-            below = (sigmas <= sampling.start_sigma).nonzero()
-            start = int(below[0]) if len(below) else len(sigmas) - 1
-            scheduler.set_begin_index(start)
-            timesteps = timesteps[start:]
-            latents = render_latents.to(device) + float(sigmas[start]) * noise
-        for t in tqdm(timesteps, disable=not self.progress, desc="sampling", leave=False):
-            x_in = scheduler.scale_model_input(latents, t)
-            timestep = t.reshape(1).expand(len(branches)).float()
-            pred = model.denoiser(x_in.repeat(len(branches), 1, 1, 1, 1), timestep, **batched).float()
-            preds = dict(zip(branches, pred.chunk(len(branches))))
-            v = combine_guidance(preds["full"], preds.get("no_3d"), preds.get("no_input"), g3, gi)
-            latents = scheduler.step(v, t, latents).prev_sample
-        if output_type == "latent":
-            return latents[0]
-        images = model.decode_latents(latents)[0]
-        if images.shape[-2:] != out_hw:
-            images = F.interpolate(images, size=out_hw, mode="bilinear", antialias=True).clamp(0, 1)
-        return images.to(renders.device)
+    def _initial_latents(
+        self, scheduler, render_latents: Tensor, start_sigma: Optional[float], generator: Optional[torch.Generator]
+    ) -> Tuple[Tensor, Tensor]:
+        """Pure noise at the scheduler's first level (the paper), or SDEdit: the render latent noised to the first
+        level <= ``start_sigma``; returns the latents and the timesteps left to run."""
+        timesteps = scheduler.timesteps
+        noise = randn(render_latents.shape, generator, self.device)
+        if start_sigma is None:
+            return noise * scheduler.init_noise_sigma, timesteps
+        sigmas = scheduler.sigmas[:-1].to(self.device)
+        below = (sigmas <= start_sigma).nonzero()
+        start = int(below[0]) if len(below) else len(sigmas) - 1
+        scheduler.set_begin_index(start)
+        return render_latents.to(self.device) + float(sigmas[start]) * noise, timesteps[start:]

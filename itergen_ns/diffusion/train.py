@@ -438,7 +438,8 @@ class Trainer:
                 self.ema.restore(params)
 
     # ------------------------------------------------------------------------------------------ loop
-    def train(self) -> TrainResult:
+    def _start(self) -> List[float]:
+        """Resume (``--resume``) or start: fit a from-scratch VAE first; returns the VAE fit's losses."""
         cfg, acc = self.cfg, self.accelerator
         vae_losses: List[float] = []
         self._remove_temporaries()
@@ -461,7 +462,11 @@ class Trainer:
             self.model.config.vae.pretrained = None
         self._cast_frozen()
         acc.init_trackers("itergen_diffusion", config={"model": cfg.model, "batch_size": cfg.batch_size})
+        return vae_losses
 
+    def _loader(self):
+        """The remaining steps' batches: a pure function of (seed, step), so a resumed run continues exactly."""
+        cfg, acc = self.cfg, self.accelerator
         per_step = cfg.batch_size * acc.num_processes * self.accumulation
         remaining = max(cfg.max_steps - self.step, 0)
         loader = DataLoader(
@@ -471,7 +476,25 @@ class Trainer:
             num_workers=cfg.num_workers,
             drop_last=True,
         )
-        loader = acc.prepare(loader)
+        return acc.prepare(loader)
+
+    def _log_step(self, step_loss: float, logs: Dict[str, float], grad_norm, seconds: float) -> None:
+        scalars = {
+            "train/loss": step_loss,
+            "train/lr": self.lr_scheduler.get_last_lr()[0],
+            **{f"train/{k}": v for k, v in logs.items()},
+        }
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = float(grad_norm)
+        if self.ema is not None and self.ema.cur_decay_value is not None:
+            scalars["train/ema_decay"] = self.ema.cur_decay_value
+        scalars["train/steps_per_s"] = self.cfg.log_every / max(seconds, 1e-9)
+        self.accelerator.log(scalars, step=self.step)
+
+    def train(self) -> TrainResult:
+        cfg, acc = self.cfg, self.accelerator
+        vae_losses = self._start()
+        loader = self._loader()
         losses: Dict[int, float] = {}
         bar = tqdm(
             total=cfg.max_steps,
@@ -515,18 +538,8 @@ class Trainer:
             bar.set_postfix(loss=f"{step_loss:.4f}")
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 now = time.time()
-                scalars = {
-                    "train/loss": step_loss,
-                    "train/lr": self.lr_scheduler.get_last_lr()[0],
-                    **{f"train/{k}": v for k, v in logs.items()},
-                }
-                if grad_norm is not None:
-                    scalars["train/grad_norm"] = float(grad_norm)
-                if self.ema is not None and self.ema.cur_decay_value is not None:
-                    scalars["train/ema_decay"] = self.ema.cur_decay_value
-                scalars["train/steps_per_s"] = cfg.log_every / max(now - t_last, 1e-9)
+                self._log_step(step_loss, logs, grad_norm, now - t_last)
                 t_last = now
-                acc.log(scalars, step=self.step)
             if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if cfg.validate_every > 0 and self.step % cfg.validate_every == 0:

@@ -45,6 +45,7 @@ from itergen_ns.data.co3d_dataparser import CO3DDataParserConfig, is_co3d_sequen
 from itergen_ns.data.discovery import discover_scenes
 from itergen_ns.data.sparse_dataparser import SparseNerfstudioDataParserConfig
 from itergen_ns.snapshots.format import (
+    ShardMeta,
     ShardWriter,
     ensure_format,
     remove_stale_temporaries,
@@ -381,29 +382,29 @@ class ExportSnapshotsConfig:
                     latents.flush()
                     del latents
                 del renders
-                meta = {
-                    "scene": scene_key(scene),
-                    "source": str(scene),
-                    "run": run,
-                    "seed": seed,
-                    "method": self.method,
-                    "num_frames": frames.num_frames,
-                    "height": frames.size[0],
-                    "width": frames.size[1],
-                    "num_input_views": num_views,
-                    "input_indices": inputs,
-                    "steps": steps,
-                    "max_steps": self.max_steps,
-                    "every": self.every,
-                    "num_gaussians": int(model.num_points),
-                    "frame_files": [_relative(p, scene) for p in frames.filenames],
-                    "has_masks": frames.masks is not None,
-                    "render_latents": None
+                meta = ShardMeta(
+                    scene=scene_key(scene),
+                    source=str(scene),
+                    run=run,
+                    seed=seed,
+                    method=self.method,
+                    num_frames=frames.num_frames,
+                    height=frames.size[0],
+                    width=frames.size[1],
+                    num_input_views=num_views,
+                    input_indices=inputs,
+                    steps=steps,
+                    max_steps=self.max_steps,
+                    every=self.every,
+                    num_gaussians=int(model.num_points),
+                    frame_files=[_relative(p, scene) for p in frames.filenames],
+                    has_masks=frames.masks is not None,
+                    render_latents=None
                     if encoder is None
                     else {"checkpoint": str(encoder.checkpoint), "shape": list(encoder.shape), "dtype": "float16"},
-                    "seconds": round(time.time() - start, 2),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                }
+                    seconds=round(time.time() - start, 2),
+                    created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                )
                 return writer.commit(meta)
         except FileExistsError:
             if shard_exists(self.out, name):  # an overlapping export into the same root finished it first

@@ -23,13 +23,14 @@ export never deletes the temporary of a writer that is still running (the kernel
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -39,6 +40,44 @@ FORMAT_NAME = "itergen-snapshots"
 FORMAT_VERSION = 1
 REQUIRED_ARRAYS = ("images", "c2w", "intrinsics", "input_indices", "steps", "renders")
 OPTIONAL_ARRAYS = ("masks", "render_latents", "depths")
+
+
+@dataclass
+class ShardMeta:
+    """What ``meta.json`` of a shard records (the exporter fills every field; shards written by other tools may
+    leave some at their defaults). ``format_version``, ``name`` and ``bytes`` are set by :meth:`ShardWriter.commit`."""
+
+    scene: str = "?"
+    """Shard-name-safe scene identifier (``<collection>_<scene>``)."""
+    source: str = ""
+    """The scene folder exported."""
+    run: int = 0
+    seed: int = 0
+    method: str = ""
+    num_frames: int = 0
+    height: int = 0
+    width: int = 0
+    num_input_views: int = 0
+    input_indices: List[int] = field(default_factory=list)
+    steps: List[int] = field(default_factory=list)
+    """Training steps of the snapshots (renders.npy's first axis)."""
+    max_steps: int = 0
+    every: int = 0
+    num_gaussians: int = 0
+    frame_files: List[str] = field(default_factory=list)
+    has_masks: bool = False
+    render_latents: Optional[Dict] = None
+    """``{"checkpoint", "shape", "dtype"}`` of precomputed render latents, or None."""
+    seconds: float = 0.0
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+    name: str = ""
+    bytes: int = 0
+
+    @classmethod
+    def from_dict(cls, meta: Dict) -> "ShardMeta":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in known})
 
 
 def payload_bytes(
@@ -141,11 +180,12 @@ class ShardWriter:
         self.keys.add(key)
         return arr
 
-    def commit(self, meta: Dict) -> Path:
+    def commit(self, meta: Union[ShardMeta, Dict]) -> Path:
         missing = [k for k in REQUIRED_ARRAYS if k not in self.keys]
         if missing:
             raise ValueError(f"shard {self.name}: missing arrays {missing}")
-        meta = dict(meta, format_version=FORMAT_VERSION, name=self.name, bytes=int(self.nbytes))
+        meta = dataclasses.asdict(meta) if isinstance(meta, ShardMeta) else dict(meta)
+        meta.update(format_version=FORMAT_VERSION, name=self.name, bytes=int(self.nbytes))
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         taken = FileExistsError(f"{self.final}: written meanwhile by another export into the same root")
         if self.final.exists():
@@ -197,6 +237,11 @@ class SnapshotShard:
     @property
     def num_frames(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def info(self) -> ShardMeta:
+        """``meta`` as a :class:`ShardMeta` (unknown keys dropped, missing ones at their defaults)."""
+        return ShardMeta.from_dict(self.meta)
 
 
 def load_shard(path: Path) -> SnapshotShard:
@@ -315,12 +360,13 @@ def summarize(root: Path) -> List[ShardSummary]:
     out = []
     for p in list_shards(root):
         meta = json.loads((p / "meta.json").read_text())
+        info = ShardMeta.from_dict(meta)
         out.append(
             ShardSummary(
                 name=p.name,
-                scene=str(meta.get("scene", "?")),
-                frames=int(meta.get("num_frames", 0)),
-                snapshots=len(meta.get("steps", [])),
+                scene=info.scene,
+                frames=info.num_frames,
+                snapshots=len(info.steps),
                 bytes=sum(f.stat().st_size for f in p.iterdir() if f.is_file()),
                 meta=meta,
             )

@@ -1,6 +1,6 @@
 """CO3D (PyTorch3D) cameras -> nerfstudio cameras (the scene normalisation lives in ``data/normalization.py``).
 
-Conventions (pinned by projection tests in tests/test_co3d_dataparser.py):
+Conventions (pinned by projection tests in tests/data/test_co3d_dataparser.py):
 
 * PyTorch3D: ``X_cam = X_world @ R + T`` (row vectors), camera axes x left, y up, z forward; the columns of ``R`` are
   the camera axes in world coordinates and the camera centre is ``C = -R @ T``.

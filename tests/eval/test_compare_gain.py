@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_gain.py"
+SCRIPT = REPO_ROOT / "scripts" / "compare_gain.py"
 
 
 def _write(path: Path, samples: dict) -> Path:

@@ -19,13 +19,14 @@ import torch
 from itergen_ns.data.camera_utils import nearest_point_to_axes
 from itergen_ns.data.co3d_dataparser import CO3DDataParserConfig
 from itergen_ns.data.sparse_dataparser import SparseNerfstudioDataParserConfig
+from conftest import REPO_ROOT, SHARED
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED / "data"
 APPLE = DATA / "co3d_apple" / "apple" / "posediffusion_sample"
 DINO = DATA / "middlebury_dino"
 TEMPLE = DATA / "middlebury_temple"
 SCENES = {"apple": APPLE, "dino": DINO, "temple": TEMPLE}
-SHIPPED_GENERATOR = Path(__file__).resolve().parents[1] / "itergen_ns" / "weights" / "generator"
+SHIPPED_GENERATOR = REPO_ROOT / "itergen_ns" / "weights" / "generator"
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),

@@ -11,6 +11,7 @@ import pytest
 from itergen_ns.snapshots.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    ShardMeta,
     ShardWriter,
     ensure_format,
     list_shards,
@@ -56,6 +57,16 @@ def test_round_trip_keeps_arrays_dtypes_and_meta(tmp_path: Path) -> None:
     assert shard.meta["bytes"] == sum(a.nbytes for a in arrays.values())
     assert isinstance(shard.renders, np.memmap)  # large stacks are memory-mapped, not read
     assert shard_exists(tmp_path, "scene_a__run00") and not shard_exists(tmp_path, "other")
+
+
+def test_shard_meta_round_trips_and_tolerates_partial_metadata(tmp_path: Path) -> None:
+    meta = ShardMeta(scene="c_s", run=1, num_frames=4, steps=[0, 20], input_indices=[0, 2], has_masks=False)
+    shard = load_shard(write_shard(tmp_path, "c_s__run01", _arrays(), meta))
+    info = shard.info
+    assert (info.scene, info.run, info.steps, info.input_indices) == ("c_s", 1, [0, 20], [0, 2])
+    assert info.name == "c_s__run01" and info.format_version == FORMAT_VERSION and info.bytes > 0
+    assert ShardMeta.from_dict({"scene": "x", "unknown_key": 1}) == ShardMeta(scene="x")  # other tools' shards
+    assert [s.scene for s in summarize(tmp_path)] == ["c_s"]
 
 
 def test_optional_arrays_may_be_absent(tmp_path: Path) -> None:

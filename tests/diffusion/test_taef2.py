@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +12,11 @@ from torch import nn
 
 from itergen_ns.data.scenes import sample_scene
 from itergen_ns.diffusion.taef2 import TAEF2_DIR, AutoencoderTinyPool, load_taef2
+from conftest import SHARED
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = SHARED
 APPLE_IMAGES = SHARED / "data" / "co3d_apple" / "apple" / "posediffusion_sample" / "images"
 APPLE_FRAMES = (7, 85, 160)
 
