@@ -201,7 +201,7 @@ class BenchProxyConfig(DemoConfig):
         return {"runs": len(results), "report_dir": str(config.output_dir)}
 
     def write_report(self) -> Path:
-        from itergen_ns.eval.report import write_bench_report
+        from itergen_ns.eval.bench_report import write_bench_report
 
         config = self.eval_config()
         results = config.run()  # every run is finished by now: this only reads the result.json files
