@@ -22,14 +22,9 @@ from PIL import Image
 from itergen_ns import cli
 from itergen_ns.data.scenes import make_scenes
 from itergen_ns.snapshots import exporter
-from itergen_ns.snapshots.exporter import (
-    ExportSnapshotsConfig,
-    apply_overrides,
-    discover_scenes,
-    draw_num_views,
-    shard_name,
-    snapshot_steps,
-)
+from itergen_ns.data.discovery import discover_scenes
+from itergen_ns.engine.runner import apply_overrides
+from itergen_ns.snapshots.exporter import ExportSnapshotsConfig, draw_num_views, shard_name, snapshot_steps
 from itergen_ns.snapshots.format import FORMAT_NAME, FORMAT_VERSION, list_shards, load_shard
 
 FRAMES, SIZE, STEPS, EVERY = 12, 32, 60, 20
