@@ -28,19 +28,17 @@ import csv
 import io
 import dataclasses
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import tyro
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 from torch import Tensor
 
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -51,74 +49,8 @@ from itergen_ns.diffusion.data import _to_float_images, warp_composites
 from itergen_ns.itergen.generator import GeneratorConfig
 from itergen_ns.io import atomic_write_text
 from itergen_ns.snapshots.format import SnapshotShard, list_shards, load_shard
-
-PREDICTORS = ("render", "sample", "mean_frame", "nearest_input", "first_input", "autoencoder", "warped_input")
-TRIVIAL = ("mean_frame", "nearest_input", "first_input")
-METRICS = ("psnr", "ssim")
-
-
-# ----------------------------------------------------------------------------------- clips and predictors
-def clip_windows(num_frames: int, clip_len: int, max_clips: Optional[int] = None) -> List[np.ndarray]:
-    """Consecutive windows of ``clip_len`` frames tiling the trajectory (the last one aligned to its end).
-
-    With ``max_clips``, an evenly spaced subset of the windows. A trajectory shorter than ``clip_len`` is one
-    clip of all its frames.
-    """
-    if num_frames <= clip_len:
-        windows = [np.arange(num_frames)]
-    else:
-        starts = list(range(0, num_frames - clip_len + 1, clip_len))
-        if starts[-1] + clip_len < num_frames:
-            starts.append(num_frames - clip_len)
-        windows = [s + np.arange(clip_len) for s in starts]
-    if max_clips is not None and 0 < max_clips < len(windows):
-        keep = np.unique(np.round(np.linspace(0, len(windows) - 1, max_clips)).astype(int))
-        windows = [windows[i] for i in keep]
-    return windows
-
-
-def conditioning_views(input_indices: Sequence[int], max_views: int) -> np.ndarray:
-    """The run's input views, or an evenly spaced subset of ``max_views`` when the model takes fewer."""
-    views = np.asarray(input_indices, dtype=np.int64)
-    if len(views) <= max_views:
-        return views
-    return views[np.round(np.linspace(0, len(views) - 1, max_views)).astype(int)]
-
-
-def nearest_inputs(
-    target_c2w: Float[np.ndarray, "G 3 4"],
-    input_c2w: Float[np.ndarray, "C 3 4"],
-    by: Literal["center", "angle"] = "center",
-) -> Int[np.ndarray, "G"]:
-    """Position (into the inputs) of the input camera nearest to each target camera.
-
-    ``center``: smallest camera-centre distance, ties broken by viewing-direction angle; ``angle``: smallest
-    angle between viewing directions (the OpenGL -z axes), ties broken by distance.
-    """
-    t, c = np.asarray(target_c2w, np.float64), np.asarray(input_c2w, np.float64)
-    dist = np.linalg.norm(t[:, None, :3, 3] - c[None, :, :3, 3], axis=-1)
-    cos = np.einsum("gi,ci->gc", t[:, :3, 2], c[:, :3, 2]) / (
-        np.linalg.norm(t[:, None, :3, 2], axis=-1) * np.linalg.norm(c[None, :, :3, 2], axis=-1)
-    )
-    angle = np.arccos(np.clip(cos, -1.0, 1.0))
-    primary, secondary = (dist, angle) if by == "center" else (angle, dist)
-    return np.array([np.lexsort((secondary[g], primary[g]))[0] for g in range(len(t))], dtype=np.int64)
-
-
-def mean_frame(
-    shards: Iterable[SnapshotShard], hw: Tuple[int, int], inputs_only: bool = False, chunk: int = 64
-) -> Float[Tensor, "3 H W"]:
-    """Per-pixel mean of the ground-truth frames of ``shards`` at resolution ``hw`` (only input views if asked)."""
-    total, count = torch.zeros(3, *hw, dtype=torch.float64), 0
-    for shard in shards:
-        idx = np.asarray(shard.input_indices) if inputs_only else np.arange(shard.num_frames)
-        for i in range(0, len(idx), chunk):
-            x = _to_float_images(shard.images[np.sort(idx[i : i + chunk])], hw)
-            total += x.double().sum(0)
-            count += x.shape[0]
-    if count == 0:
-        raise ValueError("no frames to average for the mean-frame predictor")
-    return (total / count).float()
+from itergen_ns.eval.gain_predictors import clip_windows, conditioning_views, mean_frame, nearest_inputs
+from itergen_ns.eval.gain_summary import METRICS, PREDICTORS, _csv_rows, print_tables, summarize
 
 
 def _load_shards(root: Path) -> List[SnapshotShard]:
@@ -135,51 +67,6 @@ def _load_shards(root: Path) -> List[SnapshotShard]:
 
 def _scene(shard: SnapshotShard) -> str:
     return str(shard.meta.get("scene", shard.path.name))
-
-
-# ------------------------------------------------------------------------------------------- aggregation
-def summarize(frames: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Mean metrics per (step, views) group, per step, per view count and overall ("all"), with gain and margins.
-
-    PSNR is averaged in dB over frames (as nerfstudio and the paper do). ``gain_*`` = sample − render;
-    ``margin_*`` = sample − the group's best trivial predictor (named in ``best_trivial_*``);
-    ``margin_best_*`` = sample − the best of the render and the trivial predictors.
-    """
-    if not frames:
-        return []
-    steps = sorted({f["step"] for f in frames})
-    views = sorted({f["views"] for f in frames})
-    keys = [(s, v) for s in steps for v in views] + [(s, "all") for s in steps]
-    keys += [("all", v) for v in views] + [("all", "all")]
-    groups = []
-    for step, nv in keys:
-        sel = [f for f in frames if step in ("all", f["step"]) and nv in ("all", f["views"])]
-        if not sel:
-            continue
-        row: Dict[str, Any] = {"step": step, "views": nv, "frames": len(sel)}
-        for metric in METRICS:
-            means = {p: float(np.mean([f[metric][p] for f in sel])) for p in PREDICTORS}
-            row[metric] = means
-            best = max(TRIVIAL, key=lambda p: means[p])
-            row[f"gain_{metric}"] = means["sample"] - means["render"]
-            row[f"best_trivial_{metric}"] = best
-            row[f"margin_{metric}"] = means["sample"] - means[best]
-            row[f"margin_best_{metric}"] = means["sample"] - max(means[best], means["render"])
-        groups.append(row)
-    return groups
-
-
-def _csv_rows(groups: List[Dict[str, Any]]) -> Tuple[List[str], List[List[Any]]]:
-    header = ["step", "views", "frames"]
-    header += [f"{m}_{p}" for m in METRICS for p in PREDICTORS]
-    header += [f"{k}_{m}" for m in METRICS for k in ("gain", "best_trivial", "margin", "margin_best")]
-    rows = []
-    for g in groups:
-        row = [g["step"], g["views"], g["frames"]]
-        row += [g[m][p] for m in METRICS for p in PREDICTORS]
-        row += [g[f"{k}_{m}"] for m in METRICS for k in ("gain", "best_trivial", "margin", "margin_best")]
-        rows.append(row)
-    return header, rows
 
 
 def _jsonable(obj: Any) -> Any:
@@ -440,53 +327,6 @@ def _grid_clips(shard_clips: List[Tuple[str, int]], n: int) -> set:
         picked += [(name, depth) for name, c in shard_clips if depth < c][: n - len(picked)]
         depth += 1
     return set(picked)
-
-
-def print_tables(groups: List[Dict[str, Any]], title: str = "generator gain") -> None:
-    """One rich table per metric: each predictor's mean, the gain over the render and the margin over the best
-    trivial predictor (named in "vs"); subtotal rows that repeat a single step or view count are left out."""
-    short = {"mean_frame": "mean", "nearest_input": "nearest", "first_input": "first", "autoencoder": "AE",
-             "warped_input": "warp"}  # fmt: skip
-    num_steps = len({g["step"] for g in groups} - {"all"})
-    num_views = len({g["views"] for g in groups} - {"all"})
-    shown = [
-        g
-        for g in groups
-        if (g["step"] == "all" and g["views"] == "all")
-        or (g["step"] != "all" and (g["views"] != "all" or num_views > 1))
-        or (g["step"] == "all" and num_steps > 1)
-    ]
-    for metric, fmt in (("psnr", "{:.2f}"), ("ssim", "{:.3f}")):
-        table = Table(title=f"{title}: {metric.upper()}" + (" (dB)" if metric == "psnr" else ""))
-        for col in ("step", "views", "frames", "render", "sample", "gain", *short.values(), "margin", "vs"):
-            table.add_column(col, justify="left" if col == "vs" else "right")
-        for g in shown:
-            m = g[metric]
-            table.add_row(
-                str(g["step"]),
-                str(g["views"]),
-                str(g["frames"]),
-                fmt.format(m["render"]),
-                fmt.format(m["sample"]),
-                _signed(fmt, g[f"gain_{metric}"]),
-                *[fmt.format(m[p]) for p in short],
-                _signed(fmt, g[f"margin_{metric}"]),
-                short[g[f"best_trivial_{metric}"]],
-                style="bold" if g["step"] == "all" and g["views"] == "all" else None,
-            )
-        CONSOLE.print(table)
-    CONSOLE.print(
-        "gain = sample - render; margin = sample - best trivial predictor (mean training frame, nearest or first "
-        "input view); AE = ground truth through the model's autoencoder (ceiling); warp = the render with the nearest "
-        "input warped in through its depth; non-input frames only"
-    )
-
-
-def _signed(fmt: str, value: float) -> str:
-    text = fmt.format(value)
-    if math.isfinite(value) and value > 0:
-        text = "+" + text
-    return f"[green]{text}[/green]" if value > 0 else f"[red]{text}[/red]"
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ from PIL import Image
 from itergen_ns import cli
 from itergen_ns.eval import metrics
 from itergen_ns.diffusion.clip_metrics import PSNR_CAP, psnr_frames, ssim_frames
-from itergen_ns.eval.gain import PREDICTORS, clip_windows, conditioning_views, mean_frame, nearest_inputs, summarize
+from itergen_ns.eval.gain_predictors import clip_windows, conditioning_views, mean_frame, nearest_inputs
+from itergen_ns.eval.gain_summary import PREDICTORS, summarize
 from itergen_ns.snapshots.format import load_shard, write_shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
