@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import tyro
 
-from itergen_ns.diffusion.configs import get_model_config
+from itergen_ns.diffusion.presets import get_model_config
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
 

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def assets(tmp_path_factory) -> Dict[str, Path]:
     """Good inputs the cases corrupt copies of: a 2-scene collection (6 frames, 16 px), a snapshot root with one
     synthetic shard, and a saved tiny generator (8 frames, 32 px, 4 latent channels)."""
-    from itergen_ns.diffusion.configs import tiny_config
+    from itergen_ns.diffusion.presets import tiny_config
     from itergen_ns.diffusion.model import IterGenDiffusionModel
     from itergen_ns.snapshots.format import write_shard
 

@@ -2,7 +2,8 @@
 
 Layout (diffusers-style separation):
 
-* ``configs``   -- :class:`DiffusionModelConfig` and the named presets ``tiny`` / ``svd``
+* ``configs``   -- :class:`DiffusionModelConfig` and its component sources
+* ``presets``   -- the named presets ``tiny`` / ``taef2`` / ``svd`` and the shipped generator's location
 * ``model``     -- :class:`IterGenDiffusionModel` (denoiser + frozen VAE / CLIP / DINOv2)
 * ``components``, ``conditioning``, ``denoiser``, ``loss`` -- its parts: model directory and builders,
   :class:`Conditioning`, the trainable network, the training loss
@@ -13,14 +14,8 @@ Layout (diffusers-style separation):
 * ``data``, ``train``, ``vae_fit``, ``visualize`` -- the standalone training script and its helpers
 """
 
-from itergen_ns.diffusion.configs import (
-    MODEL_CONFIGS,
-    ComponentSource,
-    DiffusionModelConfig,
-    get_model_config,
-    svd_config,
-    tiny_config,
-)
+from itergen_ns.diffusion.configs import ComponentSource, DiffusionModelConfig
+from itergen_ns.diffusion.presets import MODEL_CONFIGS, get_model_config, svd_config, tiny_config
 from itergen_ns.diffusion.guidance import combine_guidance
 from itergen_ns.diffusion.conditioning import Conditioning
 from itergen_ns.diffusion.denoiser import IterGenDenoiser

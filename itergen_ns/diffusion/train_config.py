@@ -10,7 +10,8 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 
-from itergen_ns.diffusion.configs import DiffusionModelConfig, get_model_config
+from itergen_ns.diffusion.configs import DiffusionModelConfig
+from itergen_ns.diffusion.presets import get_model_config
 from itergen_ns.diffusion.sampling import SamplingConfig
 
 TRAINER_STATE = "trainer_state.json"

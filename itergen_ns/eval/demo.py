@@ -150,16 +150,16 @@ class DemoConfig:
 
     def demo_checkpoint(self) -> Path:
         """The model the eval stage uses: explicit, rebuilt (--from-scratch) or shipped."""
-        from itergen_ns.diffusion import configs
+        from itergen_ns.diffusion import presets
 
         if self.generator_checkpoint is not None:
             return Path(self.generator_checkpoint)
         if self.from_scratch:
             return Path(self.run_stage("generator", self.stage_generator)["checkpoint"])
-        shipped = configs.shipped_generator()
+        shipped = presets.shipped_generator()
         if shipped is None:
             raise FileNotFoundError(
-                f"{configs.SHIPPED_GENERATOR_DIR}: no shipped generator in this checkout; run `itergen demo --from-scratch`"
+                f"{presets.SHIPPED_GENERATOR_DIR}: no shipped generator in this checkout; run `itergen demo --from-scratch`"
             )
         return shipped
 

@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from itergen_ns.diffusion.configs import SHIPPED_GENERATOR_DIR
+from itergen_ns.diffusion.presets import SHIPPED_GENERATOR_DIR
 
 
 @dataclass

@@ -59,7 +59,7 @@ class Generator:
         self.device = torch.device(device)
         checkpoint = config.checkpoint
         if checkpoint is None and not config.random_init:
-            from itergen_ns.diffusion.configs import shipped_generator
+            from itergen_ns.diffusion.presets import shipped_generator
 
             checkpoint = shipped_generator()
         if checkpoint is None:
@@ -70,7 +70,7 @@ class Generator:
                     "(written by `itergen train-diffusion`, e.g. runs/diffusion/latest), or "
                     "--pipeline.generator.random-init True for a smoke test with an untrained tiny model"
                 )
-            from itergen_ns.diffusion.configs import tiny_config
+            from itergen_ns.diffusion.presets import tiny_config
             from itergen_ns.diffusion.model import IterGenDiffusionModel
 
             with torch.random.fork_rng(devices=[]):  # same random model every time, global RNG left untouched

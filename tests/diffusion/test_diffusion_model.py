@@ -12,7 +12,8 @@ import torch
 from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
 from itergen_ns.diffusion import edm
-from itergen_ns.diffusion.configs import ComponentSource, svd_config, tiny_config
+from itergen_ns.diffusion.configs import ComponentSource
+from itergen_ns.diffusion.presets import svd_config, tiny_config
 from itergen_ns.diffusion.guidance import combine_guidance
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
@@ -311,7 +312,8 @@ def test_plucker_extra_maps_need_intrinsics():
 
 
 def test_named_configs_roundtrip():
-    from itergen_ns.diffusion.configs import SVD_HUB_ID, config_from_dict, config_to_dict, get_model_config
+    from itergen_ns.diffusion.configs import SVD_HUB_ID, config_from_dict, config_to_dict
+    from itergen_ns.diffusion.presets import get_model_config
 
     for cfg in (tiny_config(), svd_config(), svd_config(random_init=True), tiny_config(extra_maps=("plucker",))):
         assert config_from_dict(config_to_dict(cfg)) == cfg

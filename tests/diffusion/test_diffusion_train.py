@@ -19,7 +19,7 @@ from itergen_ns.diffusion.data import EmptyDatasetError, SnapshotClipDataset, St
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.train import TrainDiffusionConfig, train
 from itergen_ns.diffusion.vae_fit import fit_vae
-from itergen_ns.diffusion.configs import tiny_config
+from itergen_ns.diffusion.presets import tiny_config
 from itergen_ns.snapshots.format import ensure_format, write_shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from itergen_ns.diffusion import edm
-from itergen_ns.diffusion.configs import get_model_config
+from itergen_ns.diffusion.presets import get_model_config
 from itergen_ns.diffusion.conditioning import nearest_input_latents
 from itergen_ns.diffusion.denoiser import residual_to_v
 from itergen_ns.diffusion.model import IterGenDiffusionModel
@@ -262,7 +262,7 @@ def test_demo_without_a_model_names_the_fix(tmp_path, monkeypatch):
     from itergen_ns.eval import demo as demo_module
 
     monkeypatch.setattr("itergen_ns.eval.generator_recipe.SHIPPED_GENERATOR_DIR", tmp_path / "none", raising=False)
-    monkeypatch.setattr("itergen_ns.diffusion.configs.SHIPPED_GENERATOR_DIR", tmp_path / "none")
+    monkeypatch.setattr("itergen_ns.diffusion.presets.SHIPPED_GENERATOR_DIR", tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="--from-scratch"):
         demo_module.DemoConfig(output_dir=tmp_path / "demo").demo_checkpoint()
     explicit = demo_module.DemoConfig(output_dir=tmp_path / "demo", generator_checkpoint=tmp_path / "m")
@@ -273,7 +273,7 @@ def test_shipped_generator_matches_its_recipe():
     import dataclasses
     import json
 
-    from itergen_ns.diffusion.configs import SHIPPED_GENERATOR_DIR, shipped_generator
+    from itergen_ns.diffusion.presets import SHIPPED_GENERATOR_DIR, shipped_generator
     from itergen_ns.diffusion.components import read_model_config
     from itergen_ns.eval.generator_recipe import GeneratorRecipe
 

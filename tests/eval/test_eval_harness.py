@@ -120,7 +120,7 @@ def test_unknown_method_is_rejected(scene_root: Path, tmp_path: Path) -> None:
 def test_no_render_noise_row_needs_a_model_trained_without_noise(scene_root: Path, tmp_path: Path) -> None:
     import torch
 
-    from itergen_ns.diffusion.configs import tiny_config
+    from itergen_ns.diffusion.presets import tiny_config
     from itergen_ns.diffusion.model import IterGenDiffusionModel
     from itergen_ns.diffusion.sampling import SamplingConfig
 

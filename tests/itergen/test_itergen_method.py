@@ -28,7 +28,7 @@ from PIL import Image
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes
 
 from conftest import tiny_scenes
-from itergen_ns.diffusion.configs import tiny_config
+from itergen_ns.diffusion.presets import tiny_config
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
 from itergen_ns.models import lpips_loader
@@ -389,7 +389,7 @@ def test_bad_generator_checkpoints_fail_at_setup(scene, tiny_checkpoint, tmp_pat
     missing = tmp_path / "missing"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         make_pipeline(scene, tmp_path, pipeline__generator__checkpoint=missing)
-    from itergen_ns.diffusion.configs import shipped_generator
+    from itergen_ns.diffusion.presets import shipped_generator
 
     if shipped_generator() is not None:  # no checkpoint: the shipped generator
         shipped = make_pipeline(scene, tmp_path, pipeline__generator__random_init=False)

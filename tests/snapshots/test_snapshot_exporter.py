@@ -320,7 +320,7 @@ def test_overrides_take_the_type_of_the_field() -> None:
 
 
 def test_render_latents_from_a_diffusion_checkpoint_feed_the_diffusion_reader(scenes: Path, tmp_path: Path) -> None:
-    from itergen_ns.diffusion.configs import tiny_config
+    from itergen_ns.diffusion.presets import tiny_config
     from itergen_ns.diffusion.data import SnapshotClipDataset
     from itergen_ns.diffusion.model import IterGenDiffusionModel
 
