@@ -1,7 +1,7 @@
 """Standalone training of P_theta on snapshot shards with HF ``accelerate`` (CPU, one GPU, many GPUs/nodes).
 
-    python -m itergen_ns.scripts.train_diffusion --data snapshots/x --model tiny --max-steps 2000
-    accelerate launch -m itergen_ns.scripts.train_diffusion --data snapshots/hydrant --model svd \\
+    python -m itergen_ns.diffusion.train --data snapshots/x --model tiny --max-steps 2000
+    accelerate launch -m itergen_ns.diffusion.train --data snapshots/hydrant --model svd \\
         --init /models/stable-video-diffusion-img2vid --dino /models/dinov2-base --mixed-precision bf16
 
 Output directory layout::
