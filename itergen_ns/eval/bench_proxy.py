@@ -83,7 +83,8 @@ class BenchProxyConfig(DemoConfig):
 
     def scene_plan(self) -> List[Dict]:
         """(name, seed, split) of every scene of the collection, without rendering anything."""
-        from itergen_ns.data.scenes import scene_seed, split_of
+        from itergen_ns.data.procedural.scene import scene_seed
+        from itergen_ns.data.scenes import split_of
 
         n = self.num_scenes
         return [

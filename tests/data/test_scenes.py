@@ -13,13 +13,8 @@ from PIL import Image
 
 from itergen_ns.data.camera_utils import nearest_point_to_axes
 from itergen_ns.data.procedural.raycast import camera_rays
-from itergen_ns.data.scenes import (
-    MakeScenesConfig,
-    load_scene_index,
-    make_scenes,
-    sample_scene,
-    scene_seed,
-)
+from itergen_ns.data.procedural.scene import sample_scene, scene_seed
+from itergen_ns.data.scenes import MakeScenesConfig, load_scene_index, make_scenes
 
 SMALL = dict(num_frames=30, resolution=32, supersample=1)
 

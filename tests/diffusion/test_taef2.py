@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from itergen_ns.data.scenes import sample_scene
+from itergen_ns.data.procedural.scene import sample_scene
 from itergen_ns.diffusion.taef2 import TAEF2_DIR, AutoencoderTinyPool, load_taef2
 from conftest import SHARED
 
