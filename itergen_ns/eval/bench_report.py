@@ -16,7 +16,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from itergen_ns.eval.images import label_image, write_video
 from itergen_ns.io import atomic_write_text
-from itergen_ns.eval.report import _best_runs
+from itergen_ns.eval.report import best_runs
 
 BENCH_METRICS = ("psnr", "ssim", "masked_psnr", "iou", "lpips", "seconds")
 BENCH_LABELS = {
@@ -205,7 +205,7 @@ def write_bench_report(
     for views in sorted({r["views"] for r in results}):
         rows = []
         for scene in heldout[:report_scenes]:
-            best = _best_runs(results, scene, views)
+            best = best_runs(results, scene, views)
             methods = [m for m in grid_methods if m in best]
             gt_file = runs_dir / scene / "ground_truth.npz"
             if not methods or not gt_file.exists():
@@ -236,7 +236,7 @@ def write_bench_report(
         if heldout:  # orbit video of every method on the first held-out scene: render | ground truth
             scene = heldout[0]
             gt_file = runs_dir / scene / "ground_truth.npz"
-            for method, r in sorted(_best_runs(results, scene, views).items()):
+            for method, r in sorted(best_runs(results, scene, views).items()):
                 frames = runs_dir / scene / f"{views}v" / f"{method}-s{r['sample']}" / "frames.npz"
                 if gt_file.exists() and frames.exists():
                     orbit = np.concatenate([np.load(frames)["renders"], np.load(gt_file)["images"]], axis=2)

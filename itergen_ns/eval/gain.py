@@ -309,13 +309,13 @@ def run_gain(cfg: GainConfig) -> Dict[str, Any]:
 def _labelled_grid(rows: Sequence[Float[Tensor, "G 3 H W"]], names: Sequence[str], hw: Tuple[int, int]) -> np.ndarray:
     """Rows of a clip as one image (cells enlarged to >= 128 px, as the validation grids), each row named."""
     from itergen_ns.diffusion.visualize import clip_grid
-    from itergen_ns.eval.images import label_image as _label
+    from itergen_ns.eval.images import label_image
 
     scale = max(1, 128 // hw[0])
     grid = clip_grid(rows, scale=scale).copy()
     h, w = hw[0] * scale, hw[1] * scale
     for r, name in enumerate(names):
-        grid[r * h : (r + 1) * h, :w] = _label(np.ascontiguousarray(grid[r * h : (r + 1) * h, :w]), name)
+        grid[r * h : (r + 1) * h, :w] = label_image(np.ascontiguousarray(grid[r * h : (r + 1) * h, :w]), name)
     return grid
 
 

@@ -99,7 +99,8 @@ def frame_ci_table(
     return "\n".join(lines)
 
 
-def _best_runs(results: Sequence[Dict], scene: str, views: int) -> Dict[str, Dict]:
+def best_runs(results: Sequence[Dict], scene: str, views: int) -> Dict[str, Dict]:
+    """method -> its run with the highest PSNR on (scene, views): the best-of-S sample both reports show."""
     best: Dict[str, Dict] = {}
     for r in results:
         if r["scene"] == scene and r["views"] == views:
@@ -142,7 +143,7 @@ def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path
             continue
         gt = np.load(gt_file)["images"]
         for views in sorted({r["views"] for r in results if r["scene"] == scene}):
-            best = _best_runs(results, scene, views)
+            best = best_runs(results, scene, views)
             renders = {}
             for method, r in best.items():
                 f = runs_dir / scene / f"{views}v" / f"{method}-s{r['sample']}" / "frames.npz"
