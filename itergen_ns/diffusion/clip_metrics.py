@@ -15,13 +15,13 @@ PSNR_CAP = 100.0
 """PSNR of identical images (MSE floored at 1e-10), so that means over frames stay finite."""
 
 
-def psnr_frames(pred: Float[Tensor, "N 3 H W"], gt: Float[Tensor, "N 3 H W"]) -> Float[Tensor, "N"]:
+def psnr_frames(pred: Float[Tensor, "N 3 H W"], gt: Float[Tensor, "N 3 H W"]) -> Float[Tensor, " N"]:
     """Per-frame PSNR in dB of images in [0, 1], capped at :data:`PSNR_CAP` for identical frames."""
     mse = ((pred.float() - gt.float()) ** 2).flatten(1).mean(1)
     return (-10.0 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP / 10)))).clamp(max=PSNR_CAP)
 
 
-def ssim_frames(pred: Float[Tensor, "N 3 H W"], gt: Float[Tensor, "N 3 H W"]) -> Float[Tensor, "N"]:
+def ssim_frames(pred: Float[Tensor, "N 3 H W"], gt: Float[Tensor, "N 3 H W"]) -> Float[Tensor, " N"]:
     """Per-frame SSIM with the window rule of :func:`itergen_ns.eval.metrics.ssim` (11 px, 7 below 32 px)."""
     win = 11 if min(pred.shape[-2:]) >= 32 else 7
     return _ssim(pred.float(), gt.float(), data_range=1.0, size_average=False, win_size=win)

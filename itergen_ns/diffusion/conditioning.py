@@ -66,7 +66,7 @@ class Conditioning:
     nearest input view's latents (``input_residual``). Kept in every guidance branch (guidance then acts on the
     corrections only)."""
 
-    def with_dropout(self, keep_render: Bool[Tensor, "B"], keep_inputs: Bool[Tensor, "B"]) -> "Conditioning":
+    def with_dropout(self, keep_render: Bool[Tensor, " B"], keep_inputs: Bool[Tensor, " B"]) -> "Conditioning":
         """Drop the 3D condition (zero render latents) and/or the input views (all slots masked, input map zeroed)
         per sample."""
         render = self.render_cond * keep_render.view(-1, 1, 1, 1, 1).to(self.render_cond.dtype)
@@ -146,7 +146,7 @@ def build_conditioning(
     input_mask: Bool[Tensor, "B K"],
     input_poses: Float[Tensor, "B K 4 4"],
     target_poses: Float[Tensor, "B G 4 4"],
-    render_noise: Union[float, Float[Tensor, "B"]],
+    render_noise: Union[float, Float[Tensor, " B"]],
     generator: Optional[torch.Generator],
     target_intrinsics: Optional[Float[Tensor, "B G 4"]] = None,
     input_latents: Optional[Float[Tensor, "B K C h w"]] = None,

@@ -36,7 +36,7 @@ class IterGenDenoiser(nn.Module):
     def forward(
         self,
         sample: Float[Tensor, "B G C h w"],
-        timestep: Float[Tensor, "B"],
+        timestep: Float[Tensor, " B"],
         render_cond: Float[Tensor, "B G C h w"],
         extra_maps: Optional[Float[Tensor, "B G E h w"]],
         clip_features: Float[Tensor, "B K Dc"],
@@ -68,8 +68,8 @@ class IterGenDenoiser(nn.Module):
 
 
 def residual_to_v(
-    correction: Float[Tensor, "B *S"], scaled_sample: Float[Tensor, "B *S"], timestep: Tensor, base: Tensor
-) -> Float[Tensor, "B *S"]:
+    correction: Float[Tensor, " B *S"], scaled_sample: Float[Tensor, " B *S"], timestep: Tensor, base: Tensor
+) -> Float[Tensor, " B *S"]:
     """The v-prediction whose EDM denoised estimate is ``base + correction``.
 
     ``scaled_sample = c_in(sigma) * x`` and ``timestep = c_noise(sigma) = 0.25 ln sigma`` as the UNet sees them.

@@ -40,16 +40,16 @@ def c_noise(sigma: Tensor) -> Tensor:
     return 0.25 * sigma.log()
 
 
-def scale_input(x: Float[Tensor, "B *S"], sigma: Float[Tensor, "B"]) -> Float[Tensor, "B *S"]:
+def scale_input(x: Float[Tensor, " B *S"], sigma: Float[Tensor, " B"]) -> Float[Tensor, " B *S"]:
     return x * _b(c_in(sigma), x.ndim).to(x.dtype)
 
 
-def denoised(model_output: Float[Tensor, "B *S"], x: Float[Tensor, "B *S"], sigma: Float[Tensor, "B"]) -> Tensor:
+def denoised(model_output: Float[Tensor, " B *S"], x: Float[Tensor, " B *S"], sigma: Float[Tensor, " B"]) -> Tensor:
     """x0 estimate from the v-prediction ``model_output`` at noisy ``x``."""
     return _b(c_skip(sigma), x.ndim) * x + _b(c_out(sigma), x.ndim) * model_output
 
 
-def v_target(x0: Float[Tensor, "B *S"], x: Float[Tensor, "B *S"], sigma: Float[Tensor, "B"]) -> Tensor:
+def v_target(x0: Float[Tensor, " B *S"], x: Float[Tensor, " B *S"], sigma: Float[Tensor, " B"]) -> Tensor:
     """The model output F for which ``denoised(F, x, sigma) == x0``."""
     return (x0 - _b(c_skip(sigma), x.ndim) * x) / _b(c_out(sigma), x.ndim)
 
@@ -62,7 +62,7 @@ def sample_sigmas(
     device: torch.device | str = "cpu",
     sigma_min: float = 0.002,
     sigma_max: float = 700.0,
-) -> Float[Tensor, "B"]:
+) -> Float[Tensor, " B"]:
     """Training noise levels: ln sigma ~ N(p_mean, p_std^2), clamped to the sampler's range."""
     gen_device = generator.device if generator is not None else torch.device(device)
     log_sigma = torch.randn(batch, generator=generator, device=gen_device) * p_std + p_mean

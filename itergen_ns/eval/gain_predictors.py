@@ -46,7 +46,7 @@ def nearest_inputs(
     target_c2w: Float[np.ndarray, "G 3 4"],
     input_c2w: Float[np.ndarray, "C 3 4"],
     by: Literal["center", "angle"] = "center",
-) -> Int[np.ndarray, "G"]:
+) -> Int[np.ndarray, " G"]:
     """Position (into the inputs) of the input camera nearest to each target camera.
 
     ``center``: smallest camera-centre distance, ties broken by viewing-direction angle; ``angle``: smallest

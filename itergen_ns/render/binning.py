@@ -27,7 +27,7 @@ ALPHA_MIN = 1.0 / 255.0
 class TileChunk:
     """A group of work tiles with the same padded list length K."""
 
-    tile_ids: Int[Tensor, "t"]  # global work-tile index: cam * n_tiles + ty * n_tx + tx
+    tile_ids: Int[Tensor, " t"]  # global work-tile index: cam * n_tiles + ty * n_tx + tx
     items: Int[Tensor, "t K"]  # int32 flat Gaussian index per slot, front to back; padding = n_items
 
 
@@ -70,10 +70,10 @@ def _pixel_span(
 def build_tile_plan(
     means2d: Float[Tensor, "M 2"],
     conics: Float[Tensor, "M 3"],
-    opacities: Float[Tensor, "M"],
-    radii: Int[Tensor, "M"],
-    depths: Float[Tensor, "M"],
-    camera_ids: Int[Tensor, "M"],
+    opacities: Float[Tensor, " M"],
+    radii: Int[Tensor, " M"],
+    depths: Float[Tensor, " M"],
+    camera_ids: Int[Tensor, " M"],
     n_cameras: int,
     width: int,
     height: int,
@@ -105,14 +105,14 @@ def build_tile_plan(
 
 def _expand_pairs(
     plan: TilePlan,
-    idx: Int[Tensor, "n"],
+    idx: Int[Tensor, " n"],
     means2d: Tensor,
     conics: Tensor,
     opacities: Tensor,
     radii: Tensor,
     camera_ids: Tensor,
     tile_size: int,
-) -> tuple[Int[Tensor, "p"], Int[Tensor, "p"]]:
+) -> tuple[Int[Tensor, " p"], Int[Tensor, " p"]]:
     """(global work tile, flat Gaussian index) pairs for the depth-ordered items ``idx``, in item order."""
     s, device = plan.sub_tile, means2d.device
     mean, con = means2d.index_select(0, idx).float(), conics.index_select(0, idx).float()

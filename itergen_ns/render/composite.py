@@ -258,7 +258,7 @@ def rasterize_to_pixels(
     means2d: Float[Tensor, "M 2"],
     conics: Float[Tensor, "M 3"],
     colors: Float[Tensor, "M D"],
-    opacities: Float[Tensor, "M"],
+    opacities: Float[Tensor, " M"],
     plan: TilePlan,
     backgrounds: Optional[Float[Tensor, "C D"]] = None,
     absgrad_target: Optional[Tensor] = None,

@@ -85,7 +85,7 @@ def torch_rasterization(
     means: Float[Tensor, "N 3"],
     quats: Float[Tensor, "N 4"],
     scales: Float[Tensor, "N 3"],
-    opacities: Float[Tensor, "N"],
+    opacities: Float[Tensor, " N"],
     colors: Tensor,
     viewmats: Float[Tensor, "C 4 4"],
     Ks: Float[Tensor, "C 3 3"],

@@ -108,7 +108,7 @@ def warp_nearest_input(
     input_c2w: Float[Tensor, "K R 4"],
     input_intrinsics: Float[Tensor, "K 4"],
     input_depth: Optional[Float[Tensor, "K Hi Wi"]] = None,
-    input_mask: Optional[Bool[Tensor, "K"]] = None,
+    input_mask: Optional[Bool[Tensor, " K"]] = None,
 ) -> Tuple[Float[Tensor, "G 3 H W"], Bool[Tensor, "G H W"]]:
     """The renders with the nearest input view's pixels warped in where the render's geometry sees them.
 
