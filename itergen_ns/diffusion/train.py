@@ -11,11 +11,9 @@ Output directory layout::
     OUT/logs/                        tensorboard scalars
     OUT/validation/step_XXXXXXXX_*.{png,mp4}   render conditioning | sample | ground truth
 
-Checkpoints are written to a temporary directory and renamed into place (old ones are renamed away before
-they are deleted), so a killed run never leaves a half-written or half-deleted ``step_*`` behind. Resuming
-(``--resume latest`` or a checkpoint path) restores everything, and because training items and noise are pure
-functions of (seed, step, slot in the global batch), the resumed run continues exactly as the interrupted one
-would have.
+Checkpoints are atomic (:mod:`itergen_ns.diffusion.checkpointing`). Resuming (``--resume latest`` or a
+checkpoint path) restores everything, and because training items and noise are pure functions of (seed, step, slot
+in the global batch), the resumed run continues exactly as the interrupted one would have.
 
 Several processes (``accelerate launch --num_processes N``): each process takes ``batch_size`` clips per
 micro-step, so an optimisation step sees ``batch_size x N x gradient_accumulation_steps`` clips.
@@ -29,38 +27,32 @@ count (the learning-rate schedule is re-aligned to the step).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import tyro
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from accelerate.utils import ProjectConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from itergen_ns import compat, errors, io
+from itergen_ns.diffusion import checkpointing
 from itergen_ns.diffusion.clip_stats import measure_clip_statistics
-from itergen_ns.diffusion.data import SnapshotClipDataset, StepSampler
+from itergen_ns.diffusion.data import StepSampler
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.vae_fit import fit_vae
 from itergen_ns.diffusion.train_config import (
-    TRAINER_STATE,
     TrainDiffusionConfig,
     TrainResult,
     accumulation_steps,
     build_model_config,
     mixed_precision_mode,
-    resolve_checkpoint,
     step_generator,
 )
+from itergen_ns.diffusion.train_setup import build_dataset, build_latent_cache, build_optimisation, vae_fit_steps
 from itergen_ns.diffusion.validation import validate
 
 
@@ -93,80 +85,38 @@ class Trainer:
         self.render_noise = cfg.sampling.render_noise
         if cfg.gradient_checkpointing:
             self.model.denoiser.unet.enable_gradient_checkpointing()
-        self.dataset = self._dataset(cfg.seed)
+        self.vae_fit_steps = vae_fit_steps(cfg, self.model_config)
+        self.vae_fitted = self.model_config.vae.pretrained is None and self.vae_fit_steps > 0
+        self.dataset = build_dataset(cfg, self.model, cfg.use_render_latents and not self.vae_fit_steps)
         self.model.config.clip_statistics = measure_clip_statistics(
             [np.asarray(shard.c2w) for shard in self.dataset.shards], self.model.num_frames, cfg.frame_stride
         )
-        self.vae_fitted = self.model_config.vae.pretrained is None and self._vae_fit_steps() > 0
         self.latent_cache = None
         if cfg.cache_latents and self.model_config.vae.pretrained is not None:
-            self.latent_cache = self._build_latent_cache()
+            main = acc.is_main_process
+            self.latent_cache = build_latent_cache(
+                self.dataset,
+                self.model,
+                self.model_config,
+                self.out / "latent_cache" if main else None,
+                cfg.progress and acc.is_local_main_process,
+            )
             self.dataset.attach_latents(self.latent_cache)
+        self._prepare_optimisation()
+        self.step = 0
 
+    def _prepare_optimisation(self) -> None:
+        """Optimiser, LR schedule and EMA, handed to accelerate (and registered for its checkpoints)."""
+        acc = self.accelerator
         denoiser = self.model.denoiser
         denoiser.train()
-        self.optimizer = torch.optim.AdamW(
-            [p for p in denoiser.parameters() if p.requires_grad],
-            lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            weight_decay=cfg.adam_weight_decay,
-            eps=cfg.adam_epsilon,
-        )
-        self.lr_scheduler = get_scheduler(
-            cfg.lr_scheduler,
-            optimizer=self.optimizer,
-            num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
-            num_training_steps=cfg.max_steps * acc.num_processes,
-        )
-        self.ema = (
-            EMAModel(denoiser.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=cfg.ema_power)
-            if cfg.use_ema
-            else None
-        )
-        self.denoiser, self.optimizer, self.lr_scheduler = acc.prepare(denoiser, self.optimizer, self.lr_scheduler)
+        optimizer, lr_scheduler, self.ema = build_optimisation(self.cfg, denoiser, acc.num_processes)
+        self.denoiser, self.optimizer, self.lr_scheduler = acc.prepare(denoiser, optimizer, lr_scheduler)
         if self.ema is not None:
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
         if self.vae_fitted:
             acc.register_for_checkpointing(self.model.vae)
-        self.step = 0
-
-    def _dataset(self, seed: int, length: int = 1_000_000) -> SnapshotClipDataset:
-        cfg, m = self.cfg, self.model
-        return SnapshotClipDataset(
-            cfg.data,
-            m.height,
-            m.width,
-            m.num_frames,
-            m.config.max_input_views,
-            seed=seed,
-            frame_stride=cfg.frame_stride,
-            extra_input_prob=cfg.extra_input_prob,
-            latent_shape=(m.latent_channels, *m.latent_hw),
-            use_render_latents=cfg.use_render_latents and not self._vae_fit_steps(),
-            length=length,
-            warped_input=m.config.needs_depth,
-        )
-
-    def _build_latent_cache(self):
-        from itergen_ns.diffusion.latent_cache import build_latent_cache
-
-        m = self.model
-        tag = f"{self.model_config.vae.pretrained}|{m.latent_channels}x{m.latent_hw}|{m.scaling_factor}"
-        return build_latent_cache(
-            self.dataset.shards,
-            (m.height, m.width),
-            lambda images: m.encode_latents(images.to(m.device)).cpu(),
-            tag,
-            cache_dir=self.out / "latent_cache" if self.accelerator.is_main_process else None,
-            progress=self.cfg.progress and self.accelerator.is_local_main_process,
-            warped=m.config.needs_depth,
-        )
-
-    def _vae_fit_steps(self) -> int:
-        if self.cfg.vae_fit_steps is not None:
-            return self.cfg.vae_fit_steps
-        return 400 if self.model_config.vae.pretrained is None else 0
 
     # ------------------------------------------------------------------------------------------ state
     def _cast_frozen(self) -> None:
@@ -176,24 +126,11 @@ class Trainer:
         self.model.image_encoder.to(dtype=self.weight_dtype)
 
     def resume(self, resume: str) -> Path:
-        ckpt = resolve_checkpoint(self.out, resume)
-        state = json.loads((ckpt / TRAINER_STATE).read_text())
-        self._check_checkpoint_geometry(ckpt, state)
-        try:
-            self.accelerator.load_state(str(ckpt))
-        except Exception as err:  # a truncated file, or weights of another architecture (size mismatch)
-            if not (isinstance(err, RuntimeError) or errors.is_input_error(err)):
-                raise
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            detail = next(
-                (line for line in lines if "size mismatch" in line), lines[0] if lines else type(err).__name__
-            )
-            raise errors.InputError(
-                f"{ckpt}: cannot resume from this checkpoint ({type(err).__name__}: {detail}); expected one written "
-                "by a run with the same --model and --model-overrides"
-            ) from err
+        """Restore a checkpoint (``latest`` or a path): weights, optimiser, schedule, EMA, RNG and the step."""
+        ckpt = checkpointing.resolve_checkpoint(self.out, resume)
+        state = checkpointing.load_checkpoint(self.accelerator, ckpt, self._geometry())
         self.step = int(state["step"])
-        self._align_lr_schedule()
+        checkpointing.align_lr_schedule(self.lr_scheduler, self.optimizer, self.step, self.accelerator.num_processes)
         if state.get("vae_scaling_factor") is not None:
             self.model.vae.register_to_config(scaling_factor=state["vae_scaling_factor"])
         if state.get("vae_fitted"):
@@ -205,91 +142,36 @@ class Trainer:
         return {"num_frames": int(m.num_frames), "height": int(m.height), "width": int(m.width),
                 "latent_channels": int(m.latent_channels)}  # fmt: skip
 
-    def _check_checkpoint_geometry(self, ckpt: Path, state: Dict) -> None:
-        """The checkpoint's frames / resolution / latent channels (recorded in trainer_state.json) are this model's."""
-        for key, value in self._geometry().items():
-            if key in state and int(state[key]) != value:
-                raise errors.InputError(
-                    f"{ckpt / TRAINER_STATE}: {key} is {state[key]}, but this run's model has {value} "
-                    "(--model / --model-overrides); resume with the settings the checkpoint was trained with"
-                )
-
-    def _align_lr_schedule(self) -> None:
-        """Put the learning-rate schedule at ``self.step``: accelerate advances it once per process and step, so a
-        checkpoint written by N processes holds N x step, which is wrong under another process count."""
-        sched = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)
-        if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
-            return
-        sched.last_epoch = self.step * self.accelerator.num_processes
-        groups = self.optimizer.param_groups
-        for group, fn, base in zip(groups, sched.lr_lambdas, sched.base_lrs):
-            group["lr"] = base * fn(sched.last_epoch)
-        compat.set_last_lr(sched, [group["lr"] for group in groups])
-
-    def _remove_temporaries(self) -> None:
-        """Checkpoint temporaries of a killed run (half-written or half-deleted; never visible as step_*)."""
-        if self.accelerator.is_main_process:
-            io.remove_dead_temporaries(self.out / "checkpoints")
-
     def save_checkpoint(self) -> Path:
-        """accelerate.save_state into a temp dir, then rename; prune old checkpoints; export EMA weights to latest/."""
+        """Write the step's checkpoint (:mod:`~itergen_ns.diffusion.checkpointing`), then the EMA weights to latest/."""
         acc = self.accelerator
-        root = self.out / "checkpoints"
-        final = root / f"step_{self.step:08d}"
-        lock = None
-        tmp = [None]
-        if acc.is_main_process:  # every process writes its part into the main process's locked temporary
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = [io.temporary_sibling(final)]
-            shutil.rmtree(tmp[0], ignore_errors=True)
-            tmp[0].mkdir()
-            lock = io.lock(tmp[0])
-        tmp = Path(broadcast_object_list(tmp)[0])
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
+        state = {
+            "step": self.step,
+            "model_config": self.cfg.model,
+            "vae_fitted": self.vae_fitted,
+            "vae_scaling_factor": float(self.model.vae.config.scaling_factor),
+            **self._geometry(),
+            "time": time.time(),
+        }
+        final = checkpointing.save_checkpoint(acc, self.out, self.step, state, self.cfg.keep_checkpoints)
         if acc.is_main_process:
-            state = {
-                "step": self.step,
-                "model_config": self.cfg.model,
-                "vae_fitted": self.vae_fitted,
-                "vae_scaling_factor": float(self.model.vae.config.scaling_factor),
-                **self._geometry(),
-                "time": time.time(),
-            }
-            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
-            if final.exists():
-                io.remove_tree(final)
-            os.rename(tmp, final)
-            io.unlock(lock)
-            for old in sorted(root.glob("step_*"))[: -max(self.cfg.keep_checkpoints, 1)]:
-                io.remove_tree(old)
             self.export(self.out / "latest")
         acc.wait_for_everyone()
         return final
 
     def export(self, path: Path) -> Path:
         """save_pretrained of the model with EMA weights (training weights untouched)."""
-        params = list(self.model.denoiser.parameters())
-        if self.ema is not None:
-            self.ema.store(params)
-            self.ema.copy_to(params)
-        try:
-            return self.model.save_pretrained(path)
-        finally:
-            if self.ema is not None:
-                self.ema.restore(params)
+        return checkpointing.export_with_ema(self.model, self.ema, path)
 
     # ------------------------------------------------------------------------------------------ loop
     def _start(self) -> List[float]:
         """Resume (``--resume``) or start: fit a from-scratch VAE first; returns the VAE fit's losses."""
         cfg, acc = self.cfg, self.accelerator
         vae_losses: List[float] = []
-        self._remove_temporaries()
+        checkpointing.remove_temporaries(acc, self.out)
         resume = cfg.resume
         if resume == "auto":
-            has_checkpoint = any((c / TRAINER_STATE).exists() for c in (self.out / "checkpoints").glob("step_*"))
-            resume = "latest" if has_checkpoint else None
+            resume = "latest" if checkpointing.has_checkpoint(self.out) else None
         if resume:
             ckpt = self.resume(resume)
             acc.print(f"resumed from {ckpt} at step {self.step}")
@@ -297,7 +179,7 @@ class Trainer:
             vae_losses = fit_vae(
                 self.model.vae,
                 self.dataset,
-                self._vae_fit_steps(),
+                self.vae_fit_steps,
                 acc,
                 seed=cfg.seed,
                 progress=cfg.progress and acc.is_local_main_process,
@@ -334,7 +216,45 @@ class Trainer:
         scalars["train/steps_per_s"] = self.cfg.log_every / max(seconds, 1e-9)
         self.accelerator.log(scalars, step=self.step)
 
+    def _micro_step(self, batch: Dict, micro: int) -> Tuple[torch.Tensor, Dict[str, float], Optional[torch.Tensor]]:
+        """Forward/backward of one micro-batch; the optimiser steps when accelerate's accumulation is complete."""
+        cfg, acc = self.cfg, self.accelerator
+        slot = micro * acc.num_processes + acc.process_index  # this micro-batch's place in the global batch
+        gen = step_generator(cfg.seed, self.step, slot, 0, acc.device)
+        noise = self.render_noise
+        if cfg.render_noise_random:
+            noise = torch.rand(cfg.batch_size, generator=gen, device=gen.device) * self.render_noise
+        grad_norm = None
+        with acc.accumulate(self.denoiser):
+            loss, logs = self.model.training_loss(
+                batch, gen, noise, cfg.drop_inputs, cfg.drop_renders, cfg.drop_both, denoiser=self.denoiser
+            )
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm > 0:
+                grad_norm = acc.clip_grad_norm_(self.denoiser.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss, logs, grad_norm
+
+    def _finish_step(self, step_loss: float, logs: Dict[str, float], grad_norm, t_last: float) -> float:
+        """After an optimiser step: EMA, log, checkpoint and validate on their schedules; returns the log time."""
+        cfg = self.cfg
+        self.step += 1
+        if self.ema is not None:
+            self.ema.step(self.denoiser.parameters())
+        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            now = time.time()
+            self._log_step(step_loss, logs, grad_norm, now - t_last)
+            t_last = now
+        if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        if cfg.validate_every > 0 and self.step % cfg.validate_every == 0:
+            self.validate()
+        return t_last
+
     def train(self) -> TrainResult:
+        """Resume or start, train to ``max_steps``, write the final checkpoint and latest/."""
         cfg, acc = self.cfg, self.accelerator
         vae_losses = self._start()
         loader = self._loader()
@@ -351,42 +271,17 @@ class Trainer:
         for batch in loader:
             if self.step >= cfg.max_steps:
                 break
-            slot = micro * acc.num_processes + acc.process_index  # this micro-batch's place in the global batch
-            gen = step_generator(cfg.seed, self.step, slot, 0, acc.device)
-            noise = self.render_noise
-            if cfg.render_noise_random:
-                noise = torch.rand(cfg.batch_size, generator=gen, device=gen.device) * self.render_noise
-            with acc.accumulate(self.denoiser):
-                loss, logs = self.model.training_loss(
-                    batch, gen, noise, cfg.drop_inputs, cfg.drop_renders, cfg.drop_both, denoiser=self.denoiser
-                )
-                acc.backward(loss)
-                grad_norm = None
-                if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(self.denoiser.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+            loss, logs, grad_norm = self._micro_step(batch, micro)
             acc_loss += float(acc.gather(loss.detach()[None]).mean())
             micro += 1
             if not acc.sync_gradients:
                 continue
-            self.step += 1
             step_loss = acc_loss / micro
             micro, acc_loss = 0, 0.0
+            t_last = self._finish_step(step_loss, logs, grad_norm, t_last)
             losses[self.step] = step_loss
-            if self.ema is not None:
-                self.ema.step(self.denoiser.parameters())
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                now = time.time()
-                self._log_step(step_loss, logs, grad_norm, now - t_last)
-                t_last = now
-            if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
-                self.save_checkpoint()
-            if cfg.validate_every > 0 and self.step % cfg.validate_every == 0:
-                self.validate()
         bar.close()
         if not cfg.checkpoint_every or self.step % cfg.checkpoint_every:
             self.save_checkpoint()

@@ -14,8 +14,6 @@ from itergen_ns.diffusion.configs import DiffusionModelConfig
 from itergen_ns.diffusion.presets import get_model_config
 from itergen_ns.diffusion.sampling import SamplingConfig
 
-TRAINER_STATE = "trainer_state.json"
-
 
 @dataclass
 class TrainDiffusionConfig:
@@ -163,16 +161,3 @@ def accumulation_steps(cfg: TrainDiffusionConfig, num_processes: int) -> int:
             f"{num_processes} process(es)"
         )
     return cfg.global_batch_size // per_micro
-
-
-def resolve_checkpoint(output_dir: Path, resume: str) -> Path:
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / TRAINER_STATE).exists():
-            raise FileNotFoundError(f"{path}: not a training checkpoint (no {TRAINER_STATE})")
-        return path
-    ckpts = sorted((output_dir / "checkpoints").glob("step_*"))
-    ckpts = [c for c in ckpts if (c / TRAINER_STATE).exists()]
-    if not ckpts:
-        raise FileNotFoundError(f"--resume latest: no checkpoints under {output_dir / 'checkpoints'}")
-    return ckpts[-1]

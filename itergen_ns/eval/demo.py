@@ -119,7 +119,8 @@ class DemoConfig:
     def train_generator(self, out: Path, render_noise: Optional[float] = None) -> Dict:
         """Train the tiny generator on this run's snapshots into ``out`` (resuming from its latest checkpoint);
         ``render_noise`` overrides the conditioning-noise std (0: the no-render-noise ablation's model)."""
-        from itergen_ns.diffusion.train import TrainDiffusionConfig, resolve_checkpoint, train
+        from itergen_ns.diffusion.checkpointing import resolve_checkpoint
+        from itergen_ns.diffusion.train import TrainDiffusionConfig, train
 
         resume = None
         try:

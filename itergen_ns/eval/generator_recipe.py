@@ -79,7 +79,8 @@ class GeneratorRecipe:
         """Run (or resume) the three stages under ``root``; returns the trained model directory (``latest``)."""
         from itergen_ns.data.scenes import BENCH_IMAGE_SIZE, BENCH_NUM_FRAMES, load_scene_index, make_scenes
         from itergen_ns.diffusion.sampling import SamplingConfig
-        from itergen_ns.diffusion.train import TrainDiffusionConfig, resolve_checkpoint, train
+        from itergen_ns.diffusion.checkpointing import resolve_checkpoint
+        from itergen_ns.diffusion.train import TrainDiffusionConfig, train
         from itergen_ns.snapshots.exporter import ExportSnapshotsConfig
 
         scenes = self.scenes_dir(root)
