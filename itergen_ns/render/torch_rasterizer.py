@@ -9,7 +9,8 @@ compositing with a hand-written backward (bounded memory).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from jaxtyping import Float
@@ -136,58 +137,27 @@ def torch_rasterization(
         opac = opac * proj.compensations
 
     depth_only = render_mode in ("D", "ED")  # colours are not rendered: skip their (SH) evaluation
-    if packed:
-        cam_ids, gauss_ids = torch.nonzero(proj.radii > 0, as_tuple=True)
-        radii = proj.radii[cam_ids, gauss_ids]
-        means2d, depths = proj.means2d[cam_ids, gauss_ids], proj.depths[cam_ids, gauss_ids]
-        conics, opac = proj.conics[cam_ids, gauss_ids], opac[cam_ids, gauss_ids]
-        feats = None if depth_only else _gaussian_colors(means, colors, viewmats, sh_degree, cam_ids, gauss_ids, n_cams)
-        flat = (means2d, conics, opac, depths, feats, radii)
-        flat_cams = cam_ids
-    else:
-        cam_ids = gauss_ids = None
-        radii, means2d, depths, conics = proj.radii, proj.means2d, proj.depths, proj.conics
-        opac = opac.contiguous()
-        feats = None if depth_only else _gaussian_colors(means, colors, viewmats, sh_degree, None, None, n_cams)
-        flat = tuple(
-            None if x is None else x.reshape((n_cams * n,) + x.shape[2:])
-            for x in (means2d, conics, opac, depths, feats, radii)
-        )
-        flat_cams = torch.arange(n_cams, device=means.device).repeat_interleave(n)
-    f_means2d, f_conics, f_opac, f_depths, f_feats, f_radii = flat
-
-    bg = backgrounds
-    if render_mode in ("RGB+D", "RGB+ED"):
-        f_feats = torch.cat([f_feats, f_depths[:, None]], dim=-1)
-        bg = None if bg is None else torch.cat([bg, bg.new_zeros((n_cams, 1))], dim=-1)
-    elif render_mode in ("D", "ED"):
-        f_feats = f_depths[:, None]
-        bg = None if bg is None else bg.new_zeros((n_cams, 1))
-
+    feats_of = None if depth_only else (lambda c, g: _gaussian_colors(means, colors, viewmats, sh_degree, c, g, n_cams))
+    vis = _visible_gaussians(proj, opac, feats_of, packed)
+    f_feats, bg = _channels_to_render(render_mode, vis.feats, vis.depths, backgrounds, n_cams)
     plan = build_tile_plan(
-        f_means2d.detach(), f_conics.detach(), f_opac.detach(), f_radii, f_depths.detach(), flat_cams,
-        n_cams, width, height, tile_size=tile_size, sub_tile=sub_tile, chunk_elems=chunk_elems,
+        vis.means2d.detach(), vis.conics.detach(), vis.opacities.detach(), vis.radii, vis.depths.detach(),
+        vis.camera_of, n_cams, width, height, tile_size=tile_size, sub_tile=sub_tile, chunk_elems=chunk_elems,
     )  # fmt: skip
     render_colors, render_alphas = rasterize_to_pixels(
-        f_means2d, f_conics, f_feats, f_opac, plan, backgrounds=bg, absgrad_target=means2d if absgrad else None
-    )
+        vis.means2d, vis.conics, f_feats, vis.opacities, plan, backgrounds=bg,
+        absgrad_target=vis.info["means2d"] if absgrad else None,
+    )  # fmt: skip
     if render_mode in ("ED", "RGB+ED"):
         render_colors = torch.cat(
             [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
         )
-
     tile_w, tile_h = math.ceil(width / tile_size), math.ceil(height / tile_size)
     info: Dict[str, Any] = {
-        "camera_ids": cam_ids,
-        "gaussian_ids": gauss_ids,
-        "radii": radii,
-        "means2d": means2d,
-        "depths": depths,
-        "conics": conics,
-        "opacities": opac,
+        **vis.info,
         "tile_width": tile_w,
         "tile_height": tile_h,
-        "tiles_per_gauss": _tiles_per_gauss(means2d.detach(), radii, tile_size, tile_w, tile_h),
+        "tiles_per_gauss": _tiles_per_gauss(vis.info["means2d"].detach(), vis.info["radii"], tile_size, tile_w, tile_h),
         "isect_ids": None,  # CUDA sort keys: the torch path bins with `tile_plan` instead
         "flatten_ids": None,
         "isect_offsets": None,
@@ -198,6 +168,62 @@ def torch_rasterization(
         "tile_plan": plan,
     }
     return render_colors, render_alphas, info
+
+
+@dataclass
+class _VisibleGaussians:
+    """Per-(camera, Gaussian) 2D splats flattened to one list (packed: only visible pairs), with their camera."""
+
+    means2d: Tensor
+    conics: Tensor
+    opacities: Tensor
+    depths: Tensor
+    feats: Optional[Tensor]
+    radii: Tensor
+    camera_of: Tensor
+    info: Dict[str, Any]  # gsplat's per-Gaussian outputs, in its packed or [C, N] layout
+
+
+def _visible_gaussians(proj: Any, opac: Tensor, feats_of: Optional[Callable], packed: bool) -> _VisibleGaussians:
+    """Flatten the projection (packed: the visible (camera, Gaussian) pairs; else all C x N) for tile binning."""
+    n_cams, n = proj.radii.shape[:2]
+    if packed:
+        cam_ids, gauss_ids = torch.nonzero(proj.radii > 0, as_tuple=True)
+        radii = proj.radii[cam_ids, gauss_ids]
+        means2d, depths = proj.means2d[cam_ids, gauss_ids], proj.depths[cam_ids, gauss_ids]
+        conics, opac = proj.conics[cam_ids, gauss_ids], opac[cam_ids, gauss_ids]
+        feats = None if feats_of is None else feats_of(cam_ids, gauss_ids)
+        flat = (means2d, conics, opac, depths, feats, radii)
+        flat_cams = cam_ids
+    else:
+        cam_ids = gauss_ids = None
+        radii, means2d, depths, conics = proj.radii, proj.means2d, proj.depths, proj.conics
+        opac = opac.contiguous()
+        feats = None if feats_of is None else feats_of(None, None)
+        flat = tuple(
+            None if x is None else x.reshape((n_cams * n,) + x.shape[2:])
+            for x in (means2d, conics, opac, depths, feats, radii)
+        )
+        flat_cams = torch.arange(n_cams, device=proj.radii.device).repeat_interleave(n)
+    info = {"camera_ids": cam_ids, "gaussian_ids": gauss_ids, "radii": radii, "means2d": means2d,
+            "depths": depths, "conics": conics, "opacities": opac}  # fmt: skip
+    return _VisibleGaussians(*flat, camera_of=flat_cams, info=info)
+
+
+def _channels_to_render(
+    render_mode: RenderMode, feats: Optional[Tensor], depths: Tensor, backgrounds: Optional[Tensor], n_cams: int
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """The per-splat channels composited for ``render_mode`` (colour, colour + depth or depth) and their background."""
+    bg = backgrounds
+    if render_mode in ("RGB+D", "RGB+ED"):
+        assert feats is not None
+        feats = torch.cat([feats, depths[:, None]], dim=-1)
+        bg = None if bg is None else torch.cat([bg, bg.new_zeros((n_cams, 1))], dim=-1)
+    elif render_mode in ("D", "ED"):
+        feats = depths[:, None]
+        bg = None if bg is None else bg.new_zeros((n_cams, 1))
+    assert feats is not None
+    return feats, bg
 
 
 @torch.no_grad()
