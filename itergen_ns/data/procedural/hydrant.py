@@ -123,16 +123,43 @@ class HydrantObject:
 
 
 def sample_hydrant(rng: np.random.Generator, noise: ValueNoise) -> HydrantObject:
-    """Draw one hydrant-like object (about one unit tall) from ``rng``."""
+    """Draw one hydrant-like object (about one unit tall) from ``rng``.
+
+    The parts are drawn in a fixed order (base and body, cap, outlets, chain, materials), so a seed always gives the
+    same object.
+    """
     prims: List[Primitive] = []
-    # base plate: round or hexagonal
+    body = _base_and_body(rng, prims)
+    top = _cap(rng, prims, body)
+    reach, outlets, zn, rn0, length0, r_at = _outlets(rng, prims, body)
+    if rng.random() < 0.5:
+        _chain(rng, prims, outlets[0][0], zn, rn0, length0, r_at)
+    materials = _materials(rng)
+    half = top / 2
+    radius = math.sqrt(reach**2 + half**2) * 1.02 + 0.01
+    return HydrantObject(prims, materials, noise, (0.0, 0.0, half), float(radius), float(top))
+
+
+@dataclass
+class _Body:
+    """Sizes of the base plate and the tapered body that the other parts attach to."""
+
+    base_r: float
+    body_r: float
+    top_r: float
+    body_h: float
+    z0: float  # bottom of the body (top of the base plate)
+    z1: float  # top of the body
+
+
+def _base_and_body(rng: np.random.Generator, prims: List[Primitive]) -> _Body:
+    """Base plate (round or hexagonal), slightly tapered body and its flanges."""
     base_h = rng.uniform(0.04, 0.09)
     base_r = rng.uniform(0.27, 0.38)
     if rng.random() < 0.7:
         prims.append(Primitive("cylinder", (base_r, base_h / 2), (0, 0, base_h / 2), PART_BASE))
     else:
         prims.append(Primitive("hex", (base_r * 0.9, base_h / 2), (0, 0, base_h / 2), PART_BASE))
-    # body: slightly tapered cylinder
     body_r = rng.uniform(0.15, 0.23)
     top_r = body_r * rng.uniform(0.8, 1.02)
     body_h = rng.uniform(0.45, 0.7)
@@ -141,7 +168,12 @@ def sample_hydrant(rng: np.random.Generator, noise: ValueNoise) -> HydrantObject
     if rng.random() < 0.7:  # lower flange
         prims.append(Primitive("torus", (body_r * 1.04, rng.uniform(0.018, 0.03)), (0, 0, z0 + 0.02), PART_TRIM))
     prims.append(Primitive("torus", (top_r * 1.06, rng.uniform(0.02, 0.04)), (0, 0, z1), PART_TRIM))
-    # cap: dome or bonnet, with a top nut
+    return _Body(base_r, body_r, top_r, body_h, z0, z1)
+
+
+def _cap(rng: np.random.Generator, prims: List[Primitive], body: _Body) -> float:
+    """Dome or bonnet cap with a top nut; returns the height of the object's top."""
+    top_r, z1 = body.top_r, body.z1
     cap_r = top_r * rng.uniform(1.0, 1.15)
     if rng.random() < 0.6:
         cap_h = top_r * rng.uniform(0.5, 1.0)
@@ -153,16 +185,25 @@ def sample_hydrant(rng: np.random.Generator, noise: ValueNoise) -> HydrantObject
         )
     nut_a, nut_h = rng.uniform(0.03, 0.055), rng.uniform(0.02, 0.04)
     prims.append(Primitive("hex", (nut_a, nut_h / 2), (0, 0, z1 + cap_h + nut_h / 2 - 0.01), PART_TRIM))
-    top = z1 + cap_h + nut_h - 0.01
-    # nozzles: one or two side outlets and an optional bigger front "pumper"
+    return z1 + cap_h + nut_h - 0.01
+
+
+def _outlets(
+    rng: np.random.Generator, prims: List[Primitive], body: _Body
+) -> Tuple[float, List[Tuple[float, float]], float, float, float, float]:
+    """One or two side outlets and an optional bigger front "pumper", each with its nut.
+
+    Returns the object's horizontal reach, the outlets (angle, size), their height, base radius and length, and
+    the body's radius at that height (where the chain attaches).
+    """
     a0 = rng.uniform(0, 2 * math.pi)
     outlets = [(a0, 1.0)] + ([(a0 + math.pi, 1.0)] if rng.random() < 0.8 else [])
     if rng.random() < 0.6:
         outlets.append((a0 + math.pi / 2 * rng.choice([-1, 1]), rng.uniform(1.2, 1.5)))
-    zn = z0 + body_h * rng.uniform(0.5, 0.78)
+    zn = body.z0 + body.body_h * rng.uniform(0.5, 0.78)
     rn0, length0 = rng.uniform(0.045, 0.07), rng.uniform(0.08, 0.16)
-    r_at = body_r + (top_r - body_r) * (zn - z0) / body_h
-    reach = base_r
+    r_at = body.body_r + (body.top_r - body.body_r) * (zn - body.z0) / body.body_h
+    reach = body.base_r
     for angle, size in outlets:
         axis = np.array([math.cos(angle), math.sin(angle), 0.0])
         frame = frame_from_z(axis)
@@ -173,24 +214,31 @@ def sample_hydrant(rng: np.random.Generator, noise: ValueNoise) -> HydrantObject
         c = axis * (outer + nut_len) + np.array([0, 0, zn])
         prims.append(Primitive("hex", (rn * rng.uniform(1.05, 1.3), nut_len), tuple(c), PART_TRIM, axes=frame))
         reach = max(reach, outer + 2 * nut_len + rn)
-    # optional chain hanging from the first outlet's cap back to the body
-    if rng.random() < 0.5:
-        angle = outlets[0][0]
-        axis = np.array([math.cos(angle), math.sin(angle), 0.0])
-        side = np.array([-axis[1], axis[0], 0.0]) * rng.choice([-1, 1])
-        start = axis * (r_at + length0) + np.array([0, 0, zn - rn0])
-        end = (axis * math.cos(0.6) + side * math.sin(0.6)) * (r_at + 0.01) + np.array([0, 0, zn - 0.05])
-        n_links = int(rng.integers(5, 8))
-        link_r, wire = rng.uniform(0.018, 0.025), rng.uniform(0.006, 0.009)
-        for i in range(n_links):
-            s = (i + 0.5) / n_links
-            pt = start * (1 - s) + end * s - np.array([0, 0, rng.uniform(0.08, 0.12) * 4 * s * (1 - s)])
-            tangent = end - start + np.array([0, 0, 0.4 * (2 * s - 1)])
-            tangent /= np.linalg.norm(tangent)
-            normal = np.cross(tangent, [0.0, 0.0, 1.0]) if i % 2 == 0 else np.array([0.0, 0.0, 1.0])
-            normal = normal - tangent * normal.dot(tangent)
-            prims.append(Primitive("torus", (link_r, wire), tuple(pt), PART_CHAIN, axes=frame_from_z(normal)))
-    # materials
+    return reach, outlets, zn, rn0, length0, r_at
+
+
+def _chain(
+    rng: np.random.Generator, prims: List[Primitive], angle: float, zn: float, rn0: float, length0: float, r_at: float
+) -> None:
+    """A chain of torus links hanging from the first outlet's cap back to the body."""
+    axis = np.array([math.cos(angle), math.sin(angle), 0.0])
+    side = np.array([-axis[1], axis[0], 0.0]) * rng.choice([-1, 1])
+    start = axis * (r_at + length0) + np.array([0, 0, zn - rn0])
+    end = (axis * math.cos(0.6) + side * math.sin(0.6)) * (r_at + 0.01) + np.array([0, 0, zn - 0.05])
+    n_links = int(rng.integers(5, 8))
+    link_r, wire = rng.uniform(0.018, 0.025), rng.uniform(0.006, 0.009)
+    for i in range(n_links):
+        s = (i + 0.5) / n_links
+        pt = start * (1 - s) + end * s - np.array([0, 0, rng.uniform(0.08, 0.12) * 4 * s * (1 - s)])
+        tangent = end - start + np.array([0, 0, 0.4 * (2 * s - 1)])
+        tangent /= np.linalg.norm(tangent)
+        normal = np.cross(tangent, [0.0, 0.0, 1.0]) if i % 2 == 0 else np.array([0.0, 0.0, 1.0])
+        normal = normal - tangent * normal.dot(tangent)
+        prims.append(Primitive("torus", (link_r, wire), tuple(pt), PART_CHAIN, axes=frame_from_z(normal)))
+
+
+def _materials(rng: np.random.Generator) -> Dict[int, Material]:
+    """Body colour from the palette; cap, nozzles, base and trim share it or draw their own."""
     body_color = BODY_COLORS[rng.integers(len(BODY_COLORS))]
     body = _random_material(rng, body_color, patterned=True)
     cap = body if rng.random() < 0.4 else _random_material(rng, BODY_COLORS[rng.integers(len(BODY_COLORS))], True)
@@ -198,14 +246,4 @@ def sample_hydrant(rng: np.random.Generator, noise: ValueNoise) -> HydrantObject
     base = _random_material(rng, body_color * rng.uniform(0.3, 0.7) + 0.05, patterned=rng.random() < 0.4)
     trim = cap if rng.random() < 0.5 else _random_material(rng, BODY_COLORS[4], patterned=False)
     chain = Material(_jitter(rng, np.array([0.45, 0.45, 0.47])), np.array([0.2, 0.2, 0.2]), "noise", 12.0)
-    materials = {
-        PART_BODY: body,
-        PART_CAP: cap,
-        PART_NOZZLE: nozzle,
-        PART_BASE: base,
-        PART_TRIM: trim,
-        PART_CHAIN: chain,
-    }
-    half = top / 2
-    radius = math.sqrt(reach**2 + half**2) * 1.02 + 0.01
-    return HydrantObject(prims, materials, noise, (0.0, 0.0, half), float(radius), float(top))
+    return {PART_BODY: body, PART_CAP: cap, PART_NOZZLE: nozzle, PART_BASE: base, PART_TRIM: trim, PART_CHAIN: chain}
