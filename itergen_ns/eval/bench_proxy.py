@@ -113,7 +113,7 @@ class BenchProxyConfig(DemoConfig):
         return self.methods
 
     def num_runs(self, methods: Optional[Tuple[str, ...]] = None) -> int:
-        from itergen_ns.eval.harness import VARIANTS
+        from itergen_ns.eval.variants import VARIANTS
 
         methods = self.methods if methods is None else methods
         per_view = sum(self.samples if VARIANTS[m].stochastic else 1 for m in methods)

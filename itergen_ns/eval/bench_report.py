@@ -1,5 +1,6 @@
 """Report of ``itergen bench``: paired differences to the baseline with 95% CIs (best-of-S and mean over samples),
-per-scene tables, far-side grids and orbit videos per method (docs/protocol.md)."""
+per-scene tables, far-side grids and orbit videos per method (docs/protocol.md; the figures are drawn by
+:mod:`itergen_ns.eval.bench_figures`)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,14 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import numpy as np
-from PIL import Image
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from itergen_ns.eval.images import label_image, write_video
+from itergen_ns.eval.bench_figures import write_bench_figures
 from itergen_ns.io import atomic_write_text
-from itergen_ns.eval.report import best_runs
 
 BENCH_METRICS = ("psnr", "ssim", "masked_psnr", "iou", "lpips", "seconds")
 BENCH_LABELS = {
@@ -27,58 +26,6 @@ BENCH_LABELS = {
     "lpips": "LPIPS",
     "seconds": "wall s",
 }
-
-
-def frame_azimuths(scene_dir: Path) -> np.ndarray:
-    """Azimuth (radians) of every frame's camera around the object's vertical axis, from transforms.json
-    (procedural scenes: z up, ``itergen_scene.object_center``; others: the mean camera position's vertical)."""
-    meta = json.loads((Path(scene_dir) / "transforms.json").read_text())
-    pos = np.array([np.asarray(f["transform_matrix"], dtype=np.float64)[:3, 3] for f in meta["frames"]])
-    extra = meta.get("itergen_scene", {})
-    centre = np.asarray(extra.get("object_center", pos.mean(0)), dtype=np.float64)
-    up = np.asarray(extra.get("up", [0.0, 0.0, 1.0]), dtype=np.float64)
-    up = up / np.linalg.norm(up)
-    a = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
-    a /= np.linalg.norm(a)
-    b = np.cross(up, a)
-    rel = pos - centre
-    return np.arctan2(rel @ b, rel @ a)
-
-
-def far_side_frames(
-    azimuths: np.ndarray, inputs: Sequence[int], candidates: Sequence[int], count: int = 2
-) -> List[int]:
-    """``count`` held-out frames: the one farthest in azimuth from every input view first (the far side), then
-    frames at evenly spaced ranks of that distance down to the nearest."""
-    inputs = list(inputs)
-    dist = []
-    for i in candidates:
-        d = np.abs(np.angle(np.exp(1j * (azimuths[i] - azimuths[inputs]))))
-        dist.append(float(d.min()))
-    order = [candidates[k] for k in np.argsort(dist)[::-1]]
-    picks = [order[int(round(k))] for k in np.linspace(0, len(order) - 1, min(count, len(order)))]
-    return list(dict.fromkeys(picks))
-
-
-def _scaled(image: np.ndarray, size: int = 128) -> np.ndarray:
-    scale = max(1, size // image.shape[1])
-    return image.repeat(scale, axis=0).repeat(scale, axis=1)
-
-
-def far_side_grid(
-    rows: Sequence[Tuple[str, np.ndarray, Dict[str, np.ndarray], np.ndarray]], methods: Sequence[str]
-) -> np.ndarray:
-    """Rows (label, input image, {method: render}, ground truth) -> one image; columns input | methods | GT,
-    cells enlarged to >= 128 px, the first row labelled with the column names and each row with its frame."""
-    out = []
-    for k, (label, inp, renders, gt) in enumerate(rows):
-        cells = [_scaled(inp)] + [_scaled(renders[m]) for m in methods] + [_scaled(gt)]
-        names = ["input"] + list(methods) + ["ground truth"]
-        texts = [n if k == 0 else "" for n in names]
-        texts[0] = f"{texts[0]}\n{label}" if texts[0] else label
-        cells = [label_image(c, t) for c, t in zip(cells, texts)]
-        out.append(np.concatenate(cells, axis=1))
-    return np.concatenate(out, axis=0)
 
 
 def _fmt(value: float, metric: str) -> str:
@@ -165,11 +112,26 @@ def write_bench_report(
 ) -> Path:
     """report.md, results.json (runs, per-scene values, paired differences with CIs), results.csv, one far-side
     grid per view count (input | baseline | itergen | GT) and one orbit video per (method, views)."""
-    from itergen_ns.eval.stats import AGGREGATES, method_summary, paired_differences, per_scene
-
     output_dir = Path(output_dir)
     metrics = [m for m in BENCH_METRICS if m == "seconds" or any(m in r["metrics"] for r in results)]
-    payload = {
+    payload = _bench_payload(results, settings, baseline, metrics)
+    atomic_write_text(output_dir / "results.json", json.dumps(payload, indent=2, default=str))
+    atomic_write_text(output_dir / "results.csv", _bench_csv(results, metrics))
+    figures, videos = write_bench_figures(results, output_dir, report_scenes, grid_methods)
+    lines = _bench_lines(results, baseline, metrics, figures, videos, payload["settings"])
+    report = output_dir / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    CONSOLE.print("\n".join(bench_tables(results, baseline, ["psnr", "ssim"])))
+    CONSOLE.print(f"Report: {report}")
+    return report
+
+
+def _bench_payload(results: Sequence[Dict], settings: Dict, baseline: str, metrics: Sequence[str]) -> Dict:
+    """results.json: settings (JSON values, others as strings), summaries, paired differences and per-scene
+    values for every aggregate, and the runs without their per-frame values."""
+    from itergen_ns.eval.stats import AGGREGATES, method_summary, paired_differences, per_scene
+
+    return {
         "settings": {
             k: (v if isinstance(v, (int, float, bool, dict, list)) or v is None else str(v))
             for k, v in settings.items()
@@ -188,60 +150,31 @@ def write_bench_report(
         },
         "runs": [{k: v for k, v in r.items() if k != "per_frame"} for r in results],
     }
-    atomic_write_text(output_dir / "results.json", json.dumps(payload, indent=2, default=str))
+
+
+def _bench_csv(results: Sequence[Dict], metrics: Sequence[str]) -> str:
+    """results.csv: one line per run with each metric to 5 decimals (empty where the run lacks it)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["scene", "views", "method", "sample"] + metrics)
+    writer.writerow(["scene", "views", "method", "sample"] + list(metrics))
     for r in results:
         values = [r.get("seconds") if m == "seconds" else r["metrics"].get(m) for m in metrics]
         writer.writerow(
             [r["scene"], r["views"], r["method"], r["sample"]] + ["" if v is None else f"{v:.5f}" for v in values]
         )
-    atomic_write_text(output_dir / "results.csv", buf.getvalue())
+    return buf.getvalue()
 
-    figures, videos = [], []
-    runs_dir = output_dir / "runs"
+
+def _bench_lines(
+    results: Sequence[Dict],
+    baseline: str,
+    metrics: Sequence[str],
+    figures: Sequence[Path],
+    videos: Sequence[Path],
+    settings: Dict,
+) -> List[str]:
+    """report.md: what the numbers mean, the tables, the grids, links to the videos and the settings."""
     heldout = sorted({r["scene"] for r in results})
-    for views in sorted({r["views"] for r in results}):
-        rows = []
-        for scene in heldout[:report_scenes]:
-            best = best_runs(results, scene, views)
-            methods = [m for m in grid_methods if m in best]
-            gt_file = runs_dir / scene / "ground_truth.npz"
-            if not methods or not gt_file.exists():
-                continue
-            gt = np.load(gt_file)["images"]
-            renders = {
-                m: np.load(runs_dir / scene / f"{views}v" / f"{m}-s{best[m]['sample']}" / "frames.npz")["renders"]
-                for m in methods
-            }
-            run = best[methods[0]]
-            az = frame_azimuths(Path(run["scene_path"]))
-            for f in far_side_frames(az, run["input_indices"], run["eval_indices"], 2):
-                gap = np.degrees(np.abs(np.angle(np.exp(1j * (az[f] - az[run["input_indices"]])))).min())
-                rows.append(
-                    (
-                        f"{scene[-4:]} f{f} {gap:.0f}deg",
-                        gt[run["input_indices"][0]],
-                        {m: renders[m][f] for m in methods},
-                        gt[f],
-                    )
-                )
-        if rows:
-            methods = [m for m in grid_methods if all(m in row[2] for row in rows)]
-            path = output_dir / "grids" / f"far_side_{views}v.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(far_side_grid(rows, methods)).save(path)
-            figures.append(path)
-        if heldout:  # orbit video of every method on the first held-out scene: render | ground truth
-            scene = heldout[0]
-            gt_file = runs_dir / scene / "ground_truth.npz"
-            for method, r in sorted(best_runs(results, scene, views).items()):
-                frames = runs_dir / scene / f"{views}v" / f"{method}-s{r['sample']}" / "frames.npz"
-                if gt_file.exists() and frames.exists():
-                    orbit = np.concatenate([np.load(frames)["renders"], np.load(gt_file)["images"]], axis=2)
-                    videos.append(write_video(orbit, output_dir / "videos" / f"{method}_{views}v.mp4"))
-
     lines = [
         "# itergen proxy benchmark",
         "",
@@ -266,9 +199,5 @@ def write_bench_report(
             + ", ".join(f"[{v.stem}](videos/{v.name})" for v in videos),
             "",
         ]
-    lines += ["Settings:", "", "```", json.dumps(payload["settings"], indent=1, default=str), "```", ""]
-    report = output_dir / "report.md"
-    atomic_write_text(report, "\n".join(lines))
-    CONSOLE.print("\n".join(bench_tables(results, baseline, ["psnr", "ssim"])))
-    CONSOLE.print(f"Report: {report}")
-    return report
+    lines += ["Settings:", "", "```", json.dumps(settings, indent=1, default=str), "```", ""]
+    return lines

@@ -38,51 +38,17 @@ import numpy as np
 import torch
 import tyro
 from jaxtyping import Float
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from itergen_ns.data.camera_utils import to_homogeneous
-from itergen_ns.diffusion.clip_metrics import PSNR_CAP, frame_metrics
-from itergen_ns.diffusion.data import _to_float_images, warp_composites
-from itergen_ns.itergen.generator import GeneratorConfig
+from itergen_ns.diffusion.clip_metrics import PSNR_CAP
+from itergen_ns.itergen.generator import Generator, GeneratorConfig
 from itergen_ns.io import atomic_write_text
 from itergen_ns.snapshots.format import SnapshotShard, list_shards, load_shard
-from itergen_ns.eval.gain_predictors import clip_windows, conditioning_views, mean_frame, nearest_inputs
-from itergen_ns.eval.gain_summary import METRICS, PREDICTORS, _csv_rows, print_tables, summarize
-
-
-def _load_shards(root: Path) -> List[SnapshotShard]:
-    shards = []
-    for path in list_shards(root):
-        try:
-            shards.append(load_shard(path))
-        except (ValueError, OSError) as err:
-            warnings.warn(f"skipping corrupt snapshot shard {path}: {err}")
-    if not shards:
-        raise ValueError(f"{root}: no usable snapshot shards (export some with `itergen export-snapshots`)")
-    return shards
-
-
-def _scene(shard: SnapshotShard) -> str:
-    return str(shard.meta.get("scene", shard.path.name))
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.name.startswith("_")}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return repr(obj)
+from itergen_ns.eval.gain_measure import ClipPlan, GainMeasurement, shard_scene
+from itergen_ns.eval.gain_predictors import clip_windows, mean_frame
+from itergen_ns.eval.gain_summary import PREDICTORS, csv_rows, print_tables, summarize
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -140,131 +106,17 @@ def _generator_config(cfg: GainConfig) -> GeneratorConfig:
 
 def run_gain(cfg: GainConfig) -> Dict[str, Any]:
     """Score every (shard, snapshot step, clip, seed); print the tables and write gain.json/.csv/_grid.png."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    if cfg.cpu_threads > 0 and torch.device(device).type == "cpu":
-        torch.set_num_threads(cfg.cpu_threads)
-    gen_cfg = _generator_config(cfg)
-    generator = gen_cfg.setup(device=device)
-    model = generator.pipe.model
+    gen_cfg, generator = _setup_generator(cfg)
     hw = (generator.height, generator.width)
     clip_len = cfg.num_frames or generator.num_frames
     if not cfg.seeds:
         raise ValueError("--seeds needs at least one seed")
-
-    shards = _load_shards(cfg.data)
-    usable = [s for s in shards if len(s.input_indices) > 0 and len(s.steps) > 0]
-    for s in shards:
-        if not any(s is u for u in usable):
-            warnings.warn(f"skipping snapshot shard {s.path}: no input views or no snapshot steps")
-    overlap: List[str] = []
-    if cfg.train_data is not None:
-        train_shards = _load_shards(cfg.train_data)
-        overlap = sorted({_scene(s) for s in usable} & {_scene(s) for s in train_shards})
-        if overlap:
-            CONSOLE.print(f"[bold red]gain: scenes in both --data and --train-data (not held out): {overlap}")
-        mean_img = mean_frame(train_shards, hw)
-        mean_source = f"mean of all GT frames of the training root {cfg.train_data}"
-    else:
-        mean_img = mean_frame(usable, hw, inputs_only=True)
-        mean_source = f"mean of the input views of every shard of {cfg.data} (no --train-data given)"
-
-    plan = []  # (shard, step positions, clips)
-    for shard in usable:
-        steps = list(range(len(shard.steps)))
-        if cfg.snapshot_steps is not None:
-            steps = [i for i, s in enumerate(shard.steps) if int(s) in set(cfg.snapshot_steps)]
-        if steps:
-            plan.append((shard, steps, clip_windows(shard.num_frames, clip_len, cfg.max_clips_per_shard)))
-    if not plan:
-        raise ValueError(f"{cfg.data}: no shard has the requested snapshot steps {cfg.snapshot_steps}")
-    total = sum(len(steps) * len(clips) for _, steps, clips in plan) * len(cfg.seeds)
-    grid_keys = _grid_clips([(s.path.name, len(c)) for s, _, c in plan], cfg.num_grid_clips)
-
-    frames: List[Dict[str, Any]] = []
-    grids: List[np.ndarray] = []
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("samples"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    clip_counter = 0
-    with Progress(*columns, console=CONSOLE) as progress:
-        task = progress.add_task("generator gain", total=total)
-        for shard, step_positions, clips in plan:
-            all_inputs = set(int(i) for i in shard.input_indices)
-            views = conditioning_views(shard.input_indices, generator.max_input_views)
-            input_images = _to_float_images(shard.images[views], hw)
-            input_c2w = np.asarray(shard.c2w[views], np.float32)
-            input_poses = to_homogeneous(torch.from_numpy(np.asarray(input_c2w, np.float32)))
-            scored: set = set()
-            for ci, window in enumerate(clips):
-                clip_counter += 1
-                keep = np.array([int(f) not in all_inputs and int(f) not in scored for f in window])
-                scored.update(int(f) for f in window)
-                gt = _to_float_images(shard.images[window], hw)
-                target_c2w = np.asarray(shard.c2w[window], np.float32)
-                nearest = nearest_inputs(target_c2w, input_c2w, cfg.nearest_by)
-                extra = {}
-                if getattr(generator, "needs_intrinsics", False):  # Plücker maps: intrinsics in pixels of hw
-                    src_h, src_w = shard.images.shape[1:3]
-                    scale = np.array([hw[1] / src_w, hw[0] / src_h] * 2, np.float32)
-                    extra["target_intrinsics"] = torch.from_numpy(
-                        np.asarray(shard.intrinsics[window], np.float32) * scale
-                    )
-                ae = model.decode_latents(model.encode_latents(gt.to(model.device))[None])[0].float().cpu()
-                fixed = {
-                    "mean_frame": frame_metrics(mean_img.expand_as(gt), gt),
-                    "nearest_input": frame_metrics(input_images[nearest], gt),
-                    "first_input": frame_metrics(input_images[:1].expand_as(gt), gt),
-                    "autoencoder": frame_metrics(ae, gt),
-                }
-                for si in step_positions:
-                    step = int(shard.steps[si])
-                    renders = _to_float_images(shard.renders[si, window], hw)
-                    warped = renders if shard.depths is None else warp_composites(shard, si, window, hw, views)
-                    if shard.depths is not None:
-                        extra["warped_inputs"] = warped
-                    per = {"render": frame_metrics(renders, gt), "warped_input": frame_metrics(warped, gt), **fixed}
-                    seed_metrics = []
-                    for k, seed in enumerate(cfg.seeds):
-                        progress.update(task, description=f"{shard.path.name} step {step} clip {ci + 1}/{len(clips)}")
-                        sample = (
-                            generator.sample(
-                                renders,
-                                input_images,
-                                input_poses,
-                                to_homogeneous(torch.from_numpy(np.asarray(target_c2w, np.float32))),
-                                seed=int(seed) * 100003 + clip_counter,
-                                **extra,
-                            )
-                            .float()
-                            .clamp(0, 1)
-                            .cpu()
-                        )
-                        seed_metrics.append(frame_metrics(sample, gt))
-                        if k == 0 and si == step_positions[-1] and (shard.path.name, ci) in grid_keys:
-                            names = [f"render {shard.path.name} step {step}", "sample", "nearest input", "GT"]
-                            grids.append(_labelled_grid([renders, sample, input_images[nearest], gt], names, hw))
-                        progress.advance(task)
-                    per["sample"] = {m: np.mean([s[m] for s in seed_metrics], axis=0) for m in METRICS}
-                    for j in np.flatnonzero(keep):
-                        frames.append(
-                            {
-                                "shard": shard.path.name,
-                                "scene": _scene(shard),
-                                "step": step,
-                                "views": int(len(views)),
-                                "clip": ci,
-                                "frame": int(window[j]),
-                                **{m: {p: float(per[p][m][j]) for p in PREDICTORS} for m in METRICS},
-                            }
-                        )
-
-    groups = summarize(frames)
+    usable = _usable_shards(cfg.data)
+    mean_img, mean_source, overlap = _mean_frame_predictor(cfg, usable, hw)
+    plan = _plan(cfg, usable, clip_len)
+    measurement = GainMeasurement(generator, hw, mean_img, cfg.seeds, cfg.nearest_by)
+    measurement.run(plan, cfg.num_grid_clips)
+    groups = summarize(measurement.frames)
     result = {
         "data": str(cfg.data),
         "train_data": None if cfg.train_data is None else str(cfg.train_data),
@@ -277,18 +129,93 @@ def run_gain(cfg: GainConfig) -> Dict[str, Any]:
         "psnr_cap": PSNR_CAP,
         "mean_frame_source": mean_source,
         "nearest_by": cfg.nearest_by,
-        "scenes": sorted({_scene(s) for s, _, _ in plan}),
+        "scenes": sorted({shard_scene(s) for s, _, _ in plan}),
         "scene_overlap_with_train": overlap,
         "predictors": list(PREDICTORS),
         "grid_rows": ["render", "sample", "nearest_input", "gt"],
         "groups": groups,
     }
     if cfg.keep_frames:
-        result["frames"] = frames
-    out = Path(cfg.output_dir)
+        result["frames"] = measurement.frames
+    _write_outputs(Path(cfg.output_dir), result, groups, measurement.grids)
+    print_tables(groups, title=f"generator gain of {result['checkpoint'] or 'the random tiny model'} on {cfg.data}")
+    CONSOLE.print(
+        f"gain: {len(measurement.frames)} non-input frames; mean frame = {mean_source}; "
+        f"wrote {Path(cfg.output_dir)}/gain.json, gain.csv"
+    )
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- steps
+def _setup_generator(cfg: GainConfig) -> Tuple[GeneratorConfig, Generator]:
+    """The generator on its device, loaded exactly as itergen loads it (torch threads capped on CPU)."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if cfg.cpu_threads > 0 and torch.device(device).type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
+    gen_cfg = _generator_config(cfg)
+    return gen_cfg, gen_cfg.setup(device=device)
+
+
+def _load_shards(root: Path) -> List[SnapshotShard]:
+    """Every readable shard under ``root`` (a corrupt one is skipped with a warning); none is an error."""
+    shards = []
+    for path in list_shards(root):
+        try:
+            shards.append(load_shard(path))
+        except (ValueError, OSError) as err:
+            warnings.warn(f"skipping corrupt snapshot shard {path}: {err}")
+    if not shards:
+        raise ValueError(f"{root}: no usable snapshot shards (export some with `itergen export-snapshots`)")
+    return shards
+
+
+def _usable_shards(root: Path) -> List[SnapshotShard]:
+    """The shards of ``root`` that can be scored: with input views and snapshot steps (others warned about)."""
+    shards = _load_shards(root)
+    usable = [s for s in shards if len(s.input_indices) > 0 and len(s.steps) > 0]
+    for s in shards:
+        if not any(s is u for u in usable):
+            warnings.warn(f"skipping snapshot shard {s.path}: no input views or no snapshot steps")
+    return usable
+
+
+def _mean_frame_predictor(
+    cfg: GainConfig, usable: Sequence[SnapshotShard], hw: Tuple[int, int]
+) -> Tuple[Float[Tensor, "3 H W"], str, List[str]]:
+    """The mean-frame predictor, where it comes from, and the evaluated scenes also in --train-data."""
+    overlap: List[str] = []
+    if cfg.train_data is not None:
+        train_shards = _load_shards(cfg.train_data)
+        overlap = sorted({shard_scene(s) for s in usable} & {shard_scene(s) for s in train_shards})
+        if overlap:
+            CONSOLE.print(f"[bold red]gain: scenes in both --data and --train-data (not held out): {overlap}")
+        mean_img = mean_frame(train_shards, hw)
+        mean_source = f"mean of all GT frames of the training root {cfg.train_data}"
+    else:
+        mean_img = mean_frame(usable, hw, inputs_only=True)
+        mean_source = f"mean of the input views of every shard of {cfg.data} (no --train-data given)"
+    return mean_img, mean_source, overlap
+
+
+def _plan(cfg: GainConfig, usable: Sequence[SnapshotShard], clip_len: int) -> List[ClipPlan]:
+    """Per shard: the positions of the requested snapshot steps and the clip windows; none is an error."""
+    plan = []
+    for shard in usable:
+        steps = list(range(len(shard.steps)))
+        if cfg.snapshot_steps is not None:
+            steps = [i for i, s in enumerate(shard.steps) if int(s) in set(cfg.snapshot_steps)]
+        if steps:
+            plan.append((shard, steps, clip_windows(shard.num_frames, clip_len, cfg.max_clips_per_shard)))
+    if not plan:
+        raise ValueError(f"{cfg.data}: no shard has the requested snapshot steps {cfg.snapshot_steps}")
+    return plan
+
+
+def _write_outputs(out: Path, result: Dict[str, Any], groups: List[Dict[str, Any]], grids: List[np.ndarray]) -> None:
+    """gain.json and gain.csv (each written atomically, never half-written) and gain_grid.png when there are grids."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "gain.json", json.dumps(result, indent=2))  # never a half-written result
-    header, rows = _csv_rows(groups)
+    atomic_write_text(out / "gain.json", json.dumps(result, indent=2))
+    header, rows = csv_rows(groups)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -301,32 +228,23 @@ def run_gain(cfg: GainConfig) -> Dict[str, Any]:
         gap = np.full((4, width, 3), 255, np.uint8)
         padded = [np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)), constant_values=255) for g in grids]
         imageio.imwrite(out / "gain_grid.png", np.concatenate([x for g in padded for x in (g, gap)][:-1], axis=0))
-    print_tables(groups, title=f"generator gain of {result['checkpoint'] or 'the random tiny model'} on {cfg.data}")
-    CONSOLE.print(f"gain: {len(frames)} non-input frames; mean frame = {mean_source}; wrote {out}/gain.json, gain.csv")
-    return result
 
 
-def _labelled_grid(rows: Sequence[Float[Tensor, "G 3 H W"]], names: Sequence[str], hw: Tuple[int, int]) -> np.ndarray:
-    """Rows of a clip as one image (cells enlarged to >= 128 px, as the validation grids), each row named."""
-    from itergen_ns.diffusion.visualize import clip_grid
-    from itergen_ns.eval.images import label_image
-
-    scale = max(1, 128 // hw[0])
-    grid = clip_grid(rows, scale=scale).copy()
-    h, w = hw[0] * scale, hw[1] * scale
-    for r, name in enumerate(names):
-        grid[r * h : (r + 1) * h, :w] = label_image(np.ascontiguousarray(grid[r * h : (r + 1) * h, :w]), name)
-    return grid
-
-
-def _grid_clips(shard_clips: List[Tuple[str, int]], n: int) -> set:
-    """(shard, clip) pairs for the picture: the first clip of each shard in turn, then the next, up to ``n``."""
-    picked: List[Tuple[str, int]] = []
-    depth = 0
-    while len(picked) < n and any(depth < c for _, c in shard_clips):
-        picked += [(name, depth) for name, c in shard_clips if depth < c][: n - len(picked)]
-        depth += 1
-    return set(picked)
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as JSON values (dataclasses as dicts of their public fields), for the settings in gain.json."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.name.startswith("_")}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ trajectory form clips, which input views condition them, the nearest input view,
 
 from __future__ import annotations
 
-from typing import Iterable, List, Literal, Optional, Sequence, Tuple
+from typing import Iterable, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ def clip_windows(num_frames: int, clip_len: int, max_clips: Optional[int] = None
     return windows
 
 
-def conditioning_views(input_indices: Sequence[int], max_views: int) -> np.ndarray:
+def conditioning_views(input_indices: Union[Sequence[int], np.ndarray], max_views: int) -> np.ndarray:
     """The run's input views, or an evenly spaced subset of ``max_views`` when the model takes fewer."""
     views = np.asarray(input_indices, dtype=np.int64)
     if len(views) <= max_views:

@@ -48,7 +48,8 @@ def summarize(frames: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return groups
 
 
-def _csv_rows(groups: List[Dict[str, Any]]) -> Tuple[List[str], List[List[Any]]]:
+def csv_rows(groups: List[Dict[str, Any]]) -> Tuple[List[str], List[List[Any]]]:
+    """Header and one row per group of gain.csv: means per predictor, then gain, best trivial and margins."""
     header = ["step", "views", "frames"]
     header += [f"{m}_{p}" for m in METRICS for p in PREDICTORS]
     header += [f"{k}_{m}" for m in METRICS for k in ("gain", "best_trivial", "margin", "margin_best")]

@@ -13,75 +13,20 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 from itergen_ns.data.discovery import discover_split_scenes
-from itergen_ns.data.splits import select_input_views
 from itergen_ns.errors import InputError
-from itergen_ns.eval.metrics import (
-    image_metrics,
-    masked_psnr,
-    mean_metrics,
-    object_accumulation,
-    object_sphere,
-    silhouette_iou,
-)
+from itergen_ns.eval.metrics import mean_metrics
+from itergen_ns.eval.scoring import score_run
+from itergen_ns.eval.train_render import train_and_render
+from itergen_ns.eval.variants import VARIANTS, CustomMethod, MethodVariant
 from itergen_ns.io import atomic_savez, atomic_write_text
-from itergen_ns.data.all_frames import all_frames_outputs, load_frames
-from itergen_ns.models.rendering import render_all_frames
-from itergen_ns.engine.runner import TrainSpec, build_config, train
-
-
-@dataclass(frozen=True)
-class MethodVariant:
-    """A row of the results table: a registered method plus config overrides."""
-
-    method: str
-    overrides: Tuple[Tuple[str, object], ...] = ()
-    stochastic: bool = False
-    uses_generator: bool = False
-    generator: str = "main"
-    """Which trained model the itergen rows use: "main" (--generator-checkpoint) or "no_render_noise"
-    (--generator-checkpoint-no-render-noise, a model trained without conditioning noise)."""
-
-
-VARIANTS: Dict[str, MethodVariant] = {
-    "itergen-splatfacto": MethodVariant("itergen-splatfacto"),
-    "itergen": MethodVariant("itergen", stochastic=True, uses_generator=True),
-    "itergen-one-shot": MethodVariant(
-        "itergen", (("pipeline.generation.one_shot", True),), stochastic=True, uses_generator=True
-    ),
-    "itergen-random-poses": MethodVariant(
-        "itergen", (("pipeline.generation.pose_sampler.order", "random"),), stochastic=True, uses_generator=True
-    ),
-    # The paper's ablation: a model *trained* without conditioning noise, sampled without it (its SamplingConfig).
-    "itergen-no-render-noise": MethodVariant(
-        "itergen", stochastic=True, uses_generator=True, generator="no_render_noise"
-    ),
-}
-
-# A custom method for tests/extensions: (scene, num_views, sample, run_dir) -> (renders [F,H,W,3], gts, input_idx)
-CustomMethod = Callable[[Path, int, int, Path], Tuple[np.ndarray, np.ndarray, List[int]]]
-
-
-def score_frames(
-    renders: np.ndarray, targets: np.ndarray, eval_indices: Sequence[int], masks: Optional[np.ndarray] = None
-) -> List[Dict[str, float]]:
-    """Metrics of each evaluated frame; with masks, pixels outside the object are set to white in both images."""
-    out = []
-    for i in eval_indices:
-        pred = torch.from_numpy(renders[i]).float() / 255.0
-        gt = torch.from_numpy(targets[i]).float() / 255.0
-        if masks is not None:
-            m = torch.from_numpy(masks[i] > 127).float()[..., None]
-            pred, gt = pred * m + (1 - m), gt * m + (1 - m)
-        out.append(image_metrics(pred, gt))
-    return out
+from itergen_ns.engine.runner import TrainSpec
 
 
 @dataclass
@@ -220,6 +165,7 @@ class EvalConfig:
         return self.output_dir / "runs" / scene.name / f"{views}v" / f"{method}-s{sample}"
 
     def run_one(self, scene: Path, views: int, method: str, sample: int, custom: Optional[CustomMethod]) -> Dict:
+        """One (scene, views, method, sample) run, trained, rendered and scored; its result.json when it exists."""
         run_dir = self.run_dir(scene, views, method, sample)
         result_file = run_dir / "result.json"
         if result_file.exists():
@@ -231,12 +177,9 @@ class EvalConfig:
             renders, targets, inputs = custom(scene, views, sample, run_dir)
             masks = None
         else:
-            renders, targets, inputs, masks, silhouettes = self._train_and_render(scene, views, method, sample, run_dir)
-        eval_idx = [i for i in range(len(renders)) if i not in set(inputs)] or list(range(len(renders)))
-        per_frame = score_frames(renders, targets, eval_idx, masks if self.use_masks else None)
-        if masks is not None:
-            for metrics, extra in zip(per_frame, object_scores(renders, targets, eval_idx, masks, silhouettes)):
-                metrics.update(extra)
+            spec = self._train_spec(scene, views, method, sample, run_dir)
+            renders, targets, inputs, masks, silhouettes = train_and_render(spec, self.use_masks)
+        eval_idx, per_frame = score_run(renders, targets, inputs, masks, silhouettes, self.use_masks)
         atomic_savez(run_dir / "frames.npz", renders=renders, inputs=np.asarray(inputs))  # a kill never truncates it
         gt_file = self.output_dir / "runs" / scene.name / "ground_truth.npz"
         if not gt_file.exists():
@@ -275,9 +218,10 @@ class EvalConfig:
             out["pipeline.generator.random_init"] = self.generator_random_init
         return out
 
-    def _train_and_render(self, scene: Path, views: int, method: str, sample: int, run_dir: Path):
+    def _train_spec(self, scene: Path, views: int, method: str, sample: int, run_dir: Path) -> TrainSpec:
+        """What a registered row trains: its method and overrides on the scene's input split, seeded per sample."""
         variant = VARIANTS[method]
-        spec = TrainSpec(
+        return TrainSpec(
             method=variant.method,
             data=scene,
             output_dir=run_dir / "nerfstudio",
@@ -288,53 +232,3 @@ class EvalConfig:
             experiment_name=scene.name,
             overrides=self._overrides(variant, sample),
         )
-        trainer = train(build_config(spec))
-        datamanager = trainer.pipeline.datamanager
-        outputs = all_frames_outputs(datamanager, use_masks=self.use_masks or None)
-        renders = render_all_frames(trainer.pipeline.model, outputs.cameras)
-        size = renders.shape[1:3]
-        targets = np.stack(load_frames(outputs.image_filenames, size))
-        masks = None
-        if self.use_masks and not outputs.mask_filenames:
-            raise ValueError(f"{scene}: --use-masks asked for, but the scene has no foreground masks")
-        mask_files = outputs.mask_filenames or _mask_filenames(datamanager)
-        silhouettes = None
-        if mask_files:  # object-masked PSNR and silhouette IoU wherever the scene has masks
-            masks = np.stack([m[..., 0] for m in load_frames(mask_files, size)])
-            sphere = object_sphere(outputs, scene)
-            if sphere is not None:
-                silhouettes = object_accumulation(trainer.pipeline.model, outputs.cameras, *sphere)
-        num_frames = renders.shape[0]
-        inputs = datamanager.train_dataparser_outputs.metadata.get("input_view_indices")
-        if inputs is None:
-            inputs = select_input_views(num_frames, views, self.input_view_seed)[0]
-        return renders, targets, list(inputs), masks, silhouettes
-
-
-def _mask_filenames(datamanager) -> Optional[List[Path]]:
-    """The scene's mask files when it has them, even if the run trained without masks (scoring only)."""
-    try:
-        return all_frames_outputs(datamanager, use_masks=True).mask_filenames
-    except (FileNotFoundError, ValueError, KeyError):
-        return None
-
-
-def object_scores(
-    renders: np.ndarray,
-    targets: np.ndarray,
-    eval_indices: Sequence[int],
-    masks: np.ndarray,
-    silhouettes: Optional[np.ndarray] = None,
-) -> List[Dict[str, float]]:
-    """Per evaluated frame: PSNR over the object's pixels (``masked_psnr``) and, with the rendered object
-    accumulation, the silhouette IoU against the mask (``iou``)."""
-    out = []
-    for i in eval_indices:
-        mask = torch.from_numpy(masks[i] > 127)
-        pred = torch.from_numpy(renders[i]).float() / 255.0
-        gt = torch.from_numpy(targets[i]).float() / 255.0
-        scores = {"masked_psnr": masked_psnr(pred, gt, mask)}
-        if silhouettes is not None:
-            scores["iou"] = silhouette_iou(torch.from_numpy(silhouettes[i]), mask)
-        out.append(scores)
-    return out

@@ -8,7 +8,7 @@ import io
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 from PIL import Image
@@ -109,18 +109,34 @@ def best_runs(results: Sequence[Dict], scene: str, views: int) -> Dict[str, Dict
     return best
 
 
-def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path:
+def write_report(results: Sequence[Dict], output_dir: Path, config: Any = None) -> Path:
     """Write report.md, results.json, results.csv, grids/ and videos/ under ``output_dir``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize_results(results)
-    settings = {}
-    if config is not None:
-        settings = {
-            k: str(v)
-            for k, v in vars(config).items()
-            if k in ("methods", "views", "samples", "steps", "data", "generator_checkpoint", "use_masks")
-        }
+    settings = _settings(config)
+    _write_results(results, rows, settings, output_dir)
+    figures = _write_figures(results, output_dir, getattr(config, "report_frames", 4))
+    report = output_dir / "report.md"
+    atomic_write_text(report, "\n".join(_report_lines(results, rows, settings, figures)))
+    CONSOLE.print(markdown_table(rows))
+    CONSOLE.print(f"Report: {report}")
+    return report
+
+
+def _settings(config: Any) -> Dict[str, str]:
+    """The run settings the report names (from an ``EvalConfig``; none without one)."""
+    if config is None:
+        return {}
+    return {
+        k: str(v)
+        for k, v in vars(config).items()
+        if k in ("methods", "views", "samples", "steps", "data", "generator_checkpoint", "use_masks")
+    }
+
+
+def _write_results(results: Sequence[Dict], rows: List[Dict], settings: Dict[str, str], output_dir: Path) -> None:
+    """results.json (settings, summary rows, every run) and results.csv (one line per run)."""
     atomic_write_text(
         output_dir / "results.json",
         json.dumps({"settings": settings, "summary": rows, "runs": list(results)}, indent=2),
@@ -135,6 +151,10 @@ def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path
         )
     atomic_write_text(output_dir / "results.csv", buf.getvalue())
 
+
+def _write_figures(results: Sequence[Dict], output_dir: Path, report_frames: int) -> List[Path]:
+    """Per (scene, views) with saved frames: an image grid of the best-of-S runs and an orbit video of the first
+    itergen row (else the first row) beside the ground truth; returns the grids' paths."""
     figures = []
     runs_dir = output_dir / "runs"
     for scene in sorted({r["scene"] for r in results}):
@@ -152,9 +172,7 @@ def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path
             if not renders:
                 continue
             any_run = next(iter(best.values()))
-            grid = image_grid(
-                gt, renders, any_run["input_indices"], any_run["eval_indices"], getattr(config, "report_frames", 4)
-            )
+            grid = image_grid(gt, renders, any_run["input_indices"], any_run["eval_indices"], report_frames)
             grid_path = output_dir / "grids" / f"{scene}_{views}v.png"
             grid_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(grid).save(grid_path)
@@ -164,7 +182,13 @@ def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path
             )
             orbit = np.concatenate([renders[video_method], gt], axis=2)
             write_video(orbit, output_dir / "videos" / f"{scene}_{views}v_{video_method}.mp4")
+    return figures
 
+
+def _report_lines(
+    results: Sequence[Dict], rows: List[Dict], settings: Dict[str, str], figures: Sequence[Path]
+) -> List[str]:
+    """report.md: settings, the best-of-S / mean table, the per-frame CI table when there is one, the grids."""
     lines = ["# itergen evaluation", ""]
     if settings:
         lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
@@ -187,11 +211,7 @@ def write_report(results: Sequence[Dict], output_dir: Path, config=None) -> Path
         ]
     for fig in figures:
         lines += [f"![{fig.stem}](grids/{fig.name})", ""]
-    report = output_dir / "report.md"
-    atomic_write_text(report, "\n".join(lines))
-    CONSOLE.print(markdown_table(rows))
-    CONSOLE.print(f"Report: {report}")
-    return report
+    return lines
 
 
 # --- the proxy benchmark (`itergen bench`) ---------------------------------------------------------------------------

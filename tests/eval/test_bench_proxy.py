@@ -12,7 +12,7 @@ import pytest
 from itergen_ns.data.scenes import BENCH_IMAGE_SIZE, BENCH_NUM_FRAMES, MakeScenesConfig, load_scene_index
 from itergen_ns.eval.bench_proxy import BenchProxyConfig
 from itergen_ns.eval.demo import DemoConfig
-from itergen_ns.eval.bench_report import far_side_frames
+from itergen_ns.eval.bench_figures import far_side_frames
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from itergen_ns.data.scenes import make_scenes
 from itergen_ns.data.splits import select_input_views
-from itergen_ns.eval.harness import EvalConfig, score_frames
+from itergen_ns.eval.harness import EvalConfig
+from itergen_ns.eval.scoring import score_frames
 from itergen_ns.eval.report import summarize_results, write_report
 
 
