@@ -32,31 +32,32 @@ CO3D's soft foreground mask, ``I' = m * I + (1 - m) * colour``, so a model rende
 the object only; the colour is reported in ``metadata["background_color"]`` so the model's background can be set to
 match. ``use_masks`` independently passes binarised masks (``mask >= mask_threshold``) as ``mask_filenames``: nerfstudio
 then drops background pixels from the training loss. ``"none"`` keeps CO3D's real backgrounds.
+
+The work is done in ``itergen_ns/data/co3d/``: ``scene.py`` (usable frames, cameras), ``splits.py``, ``frame3d.py``
+(centre, normalisation, point cloud) and ``prepared_frames.py`` (images, masks, intrinsics); this parser ties them
+together.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type, cast
 
 import numpy as np
 import torch
-from PIL import Image
 
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 
-from itergen_ns.data import framing
-from itergen_ns.data.camera_utils import nearest_point_to_axes
-from itergen_ns.data.co3d import annotations as ann
-from itergen_ns.data.co3d import geometry as geo
 from itergen_ns.data.co3d import images as img
+from itergen_ns.data.co3d import splits as co3d_splits
 from itergen_ns.data.co3d.annotations import CO3DDataError, is_co3d_sequence
-from itergen_ns.data.image_checks import InputDataError, check_intrinsics, image_size
-from itergen_ns.data.splits import SparseSplitConfig, select_input_views
+from itergen_ns.data.co3d.frame3d import Frame3D, compute_frame3d
+from itergen_ns.data.co3d.prepared_frames import FrameProcessing, PreparedFrame, prepare_frames
+from itergen_ns.data.co3d.scene import CO3DScene, load_scene
+from itergen_ns.data.splits import SparseSplitConfig
 
 __all__ = ["CO3DDataParserConfig", "CO3DDataParser", "CO3DDataError", "is_co3d_sequence"]
 
@@ -109,33 +110,19 @@ class CO3DDataParserConfig(DataParserConfig, SparseSplitConfig):
     """Threads for image processing."""
 
 
-@dataclass
-class _Scene:
-    """Everything shared by the splits of one sequence (computed once per parser)."""
-
-    layout: ann.CO3DLayout
-    frames: List[ann.CO3DFrame]
-    c2w: torch.Tensor  # [N, 3, 4] float64 OpenGL, CO3D world
-    intrinsics: torch.Tensor  # [N, 4] float64 (fx, fy, cx, cy) in source pixels
-
-
-@dataclass
-class _Frame3D:
-    """The run's 3D frame: computed from the input cameras (and, only when asked for, CO3D's point cloud)."""
-
-    center: torch.Tensor  # [3] scene centre in CO3D world
-    normalization: geo.Normalization
-    points: Optional[Tuple[np.ndarray, np.ndarray]]  # CO3D-world xyz [P, 3], rgb uint8 [P, 3]
-
-
-@dataclass
-class _Prepared:
-    image_path: Path
-    mask_path: Optional[Path]
-    intrinsics: np.ndarray
-    width: int
-    height: int
-    crop_fallback: bool = False
+def _cameras(c2w: torch.Tensor, prepared: List[PreparedFrame]) -> Cameras:
+    """nerfstudio perspective cameras from normalised OpenGL ``c2w`` [N, 3, 4] and the prepared frames' intrinsics."""
+    intr = torch.from_numpy(np.stack([p.intrinsics for p in prepared])).float()
+    return Cameras(
+        camera_to_worlds=c2w.float(),
+        fx=intr[:, 0:1],
+        fy=intr[:, 1:2],
+        cx=intr[:, 2:3],
+        cy=intr[:, 3:4],
+        width=torch.tensor([[p.width] for p in prepared], dtype=torch.int32),
+        height=torch.tensor([[p.height] for p in prepared], dtype=torch.int32),
+        camera_type=CameraType.PERSPECTIVE,
+    )
 
 
 class CO3DDataParser(DataParser):
@@ -145,130 +132,41 @@ class CO3DDataParser(DataParser):
 
     def __init__(self, config: CO3DDataParserConfig):
         super().__init__(config=config)
-        self._scene: Optional[_Scene] = None
-        self._frame3d: Optional[_Frame3D] = None
-        self._skipped: Dict[int, str] = {}  # frame number -> why it was skipped (missing image / mask)
+        self._scene: Optional[CO3DScene] = None
+        self._frame3d: Optional[Frame3D] = None
 
-    # ----------------------------------------------------------------------------------------------- scene
-    def _needs_masks(self) -> bool:
+    def _processing(self) -> FrameProcessing:
+        """The image settings of the config, for ``prepared_frames``."""
         cfg = self.config
-        return (
-            cfg.use_masks
-            or cfg.mask_background != "none"
-            or (cfg.crop_size is not None and cfg.crop_center == "mask_bbox")
+        return FrameProcessing(
+            frame_size=cfg.frame_size,
+            use_masks=cfg.use_masks,
+            mask_threshold=cfg.mask_threshold,
+            mask_background=cfg.mask_background,
+            crop_size=cfg.crop_size,
+            crop_output_size=cfg.crop_output_size,
+            crop_center=cfg.crop_center,
+            cache_dir=cfg.cache_dir,
+            num_workers=cfg.num_workers,
         )
 
-    def _usable_frames(self, frames: List[ann.CO3DFrame]) -> List[ann.CO3DFrame]:
-        """Drop frames whose image (or, when masks are needed, mask) is missing, with one warning naming them."""
-        need_mask = self._needs_masks()
-        usable, skipped = [], []
-        for frame in frames:
-            if not frame.image_path.is_file():
-                skipped.append(f"{frame.frame_number} (image {frame.image_path})")
-                self._skipped[frame.frame_number] = f"its image {frame.image_path} is missing"
-            elif need_mask and (frame.mask_path is None or not frame.mask_path.is_file()):
-                skipped.append(f"{frame.frame_number} (mask {frame.mask_path or 'not annotated'})")
-                self._skipped[frame.frame_number] = f"its mask {frame.mask_path or '(not annotated)'} is missing"
-            else:
-                usable.append(frame)
-        if skipped:
-            warnings.warn(
-                f"CO3D: skipping {len(skipped)} frame(s) with missing files: {'; '.join(skipped)}", stacklevel=3
-            )
-        if not usable:
-            raise CO3DDataError(f"sequence {frames[0].image_path.parent.parent} has no frames with readable files")
-        return usable
-
-    def _load_points(self, layout: ann.CO3DLayout) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """CO3D-world point cloud of the sequence (path from sequence_annotations, else ``pointcloud.ply``).
-
-        Only for the explicit leak flags (load_3d_points, center_method="pointcloud"): it is reconstructed from all frames.
-        """
-        path = layout.sequence_dir / "pointcloud.ply"
-        record = ann.load_sequence_annotation(layout)
-        if record and isinstance(record.get("point_cloud"), dict) and record["point_cloud"].get("path"):
-            path = layout.root / record["point_cloud"]["path"]
-        if not path.is_file():
-            return None
-        import trimesh  # nerfstudio dependency; imported lazily as it is only needed here
-
-        cloud = trimesh.load(path, process=False)
-        xyz = np.asarray(getattr(cloud, "vertices", np.zeros((0, 3))), dtype=np.float64)
-        if xyz.shape[0] == 0:
-            return None
-        colors = np.asarray(getattr(cloud, "colors", np.zeros((0, 4))))
-        rgb = colors[:, :3].astype(np.uint8) if colors.shape[0] == xyz.shape[0] else np.full_like(xyz, 128, np.uint8)
-        return xyz, rgb
-
-    def _get_scene(self) -> _Scene:
-        if self._scene is not None:
-            return self._scene
-        cfg = self.config
-        layout = ann.resolve_layout(cfg.data, cfg.sequence_name)
-        frames = self._usable_frames(ann.load_sequence_frames(layout))
-        c2w = geo.pytorch3d_to_opengl_c2w(
-            torch.from_numpy(np.stack([f.R for f in frames])), torch.from_numpy(np.stack([f.T for f in frames]))
-        )
-        intrinsics = geo.ndc_to_pixel_intrinsics(
-            torch.from_numpy(np.stack([f.focal_length for f in frames])),
-            torch.from_numpy(np.stack([f.principal_point for f in frames])),
-            torch.tensor([f.width for f in frames]),
-            torch.tensor([f.height for f in frames]),
-            [f.intrinsics_format for f in frames],
-        )
-        for frame, (fx, fy, cx, cy) in zip(frames, intrinsics.tolist()):
-            where = f"{layout.frame_annotations}: frame {frame.frame_number} (viewpoint.focal_length/principal_point)"
-            try:
-                check_intrinsics(fx, fy, cx, cy, frame.width, frame.height, where, ("fx", "fy", "cx", "cy"))
-            except InputDataError as err:
-                raise CO3DDataError(str(err)) from err
-        self._scene = _Scene(layout, frames, c2w, intrinsics)
+    def _get_scene(self) -> CO3DScene:
+        """The sequence's usable frames and cameras, loaded once (a skip warning points at this method's caller)."""
+        if self._scene is None:
+            cfg = self.config
+            self._scene = load_scene(cfg.data, cfg.sequence_name, self._processing().needs_masks, stacklevel=3)
         return self._scene
 
-    def _get_frame3d(self) -> _Frame3D:
+    def _get_frame3d(self) -> Frame3D:
         """Normalisation from the train split's cameras only (the same for every split)."""
-        if self._frame3d is not None:
-            return self._frame3d
-        cfg = self.config
-        scene = self._get_scene()
-        inputs = scene.c2w[self.split_indices()["train"]]
-        points = self._load_points(scene.layout) if (cfg.load_3d_points or cfg.center_method == "pointcloud") else None
-        if cfg.center_method == "pointcloud" and points is not None:
-            lo, hi = np.quantile(points[0], [0.01, 0.99], axis=0)  # robust bounding box
-            center = torch.from_numpy((lo + hi) / 2.0)
-        elif cfg.center_method == "none":
-            center = torch.zeros(3, dtype=torch.float64)
-        else:
-            if cfg.center_method == "pointcloud":
-                warnings.warn(
-                    f"CO3D: no point cloud for {scene.layout.sequence_dir}; centring on the camera axes", stacklevel=2
-                )
-            center = nearest_point_to_axes(inputs)
-        normalization = geo.compute_normalization(inputs, center=center, orient=cfg.orient, radius=cfg.camera_radius)
-        self._frame3d = _Frame3D(center, normalization, points)
-        return self._frame3d
-
-    # ----------------------------------------------------------------------------------------------- splits
-    def _choose(self, frames: List[ann.CO3DFrame], pool: List[int]) -> Tuple[List[int], List[int]]:
-        """Train/eval positions (into ``frames``) chosen among the positions in ``pool``."""
-        cfg = self.config
-        explicit = None
-        if cfg.input_frame_numbers:
-            pool_frames = [frames[i] for i in pool]
-            explicit = ann.frame_numbers_to_positions(pool_frames, cfg.input_frame_numbers, "input_frame_numbers")
-        elif cfg.input_views:
-            explicit = list(cfg.input_views)
-        elif cfg.num_input_views > len(pool):
+        if self._frame3d is None:
+            cfg = self.config
             scene = self._get_scene()
-            source = f"set list {cfg.set_list!r}" if cfg.set_list else f"{scene.layout.frame_annotations}"
-            raise CO3DDataError(
-                f"sequence {scene.layout.sequence_name!r}: num_input_views={cfg.num_input_views} but {source} has only "
-                f"{len(pool)} usable frames; ask for at most {len(pool) - 1} (0: all frames, the dense reference)"
+            inputs = scene.c2w[self.split_indices()["train"]]
+            self._frame3d = compute_frame3d(
+                inputs, scene.layout, cfg.center_method, cfg.orient, cfg.camera_radius, cfg.load_3d_points, stacklevel=3
             )
-        train, evaluation = select_input_views(
-            len(pool), cfg.num_input_views, cfg.input_view_seed, explicit, cfg.input_view_rule
-        )
-        return [pool[i] for i in train], [pool[i] for i in evaluation]
+        return self._frame3d
 
     def split_indices(self) -> Dict[str, List[int]]:
         """Positions (into the usable, frame-number-sorted frames) of the ``train``, ``val`` and ``test`` splits.
@@ -276,160 +174,11 @@ class CO3DDataParser(DataParser):
         With a set list: if this sequence has frames both in ``train`` and in ``val``/``test``, the set list *is* the
         split; otherwise its frames form the pool that ``num_input_views`` chooses from.
         """
-        scene = self._get_scene()
-        frames = scene.frames
-        all_positions = list(range(len(frames)))
-        if not self.config.set_list:
-            train, evaluation = self._choose(frames, all_positions)
-            return {"train": train, "val": evaluation, "test": evaluation}
-        subsets = ann.load_set_list(scene.layout.category_dir, self.config.set_list, scene.layout.sequence_name)
-        position = {f.frame_number: i for i, f in enumerate(frames)}
-
-        list_file = ann.set_list_path(scene.layout.category_dir, self.config.set_list)
-
-        def positions(subset: str) -> List[int]:
-            missing = [n for n in subsets.get(subset, []) if n in self._skipped]
-            if missing:  # the set list is the evaluation protocol: a listed frame may not silently disappear
-                raise CO3DDataError(
-                    f"set list {list_file}: subset {subset!r} lists frame {missing[0]} of sequence "
-                    f"{scene.layout.sequence_name!r}, but {self._skipped[missing[0]]}"
-                    + (f" (and {len(missing) - 1} more listed frames)" if len(missing) > 1 else "")
-                )
-            return sorted(position[n] for n in subsets.get(subset, []) if n in position)
-
-        train, val, test = positions("train"), positions("val"), positions("test")
-        if train and (val or test):
-            return {"train": train, "val": val or test, "test": test or val}
-        pool = sorted(set(train) | set(val) | set(test))
-        if not pool:
-            raise CO3DDataError(f"set list {self.config.set_list!r}: none of its frames of this sequence are usable")
-        train, evaluation = self._choose(frames, pool)
-        return {"train": train, "val": evaluation, "test": evaluation}
-
-    # ----------------------------------------------------------------------------------------------- images
-    def _prepare(self, scene: _Scene, indices: List[int]) -> List[_Prepared]:
-        """Image/mask files and intrinsics for the frames at ``indices`` (processing them into the cache if needed)."""
         cfg = self.config
-        cropping = cfg.crop_size is not None
-        frame_size = None if cropping else cfg.frame_size
-        processing = cropping or frame_size is not None or cfg.mask_background != "none"
-        if not processing and not cfg.use_masks:
-            return [self._raw(scene, i) for i in indices]
-        settings = {
-            "mask_background": cfg.mask_background,
-            "mask_threshold": cfg.mask_threshold,
-            "crop_center": cfg.crop_center if cropping else None,
-            "frame": "centred-square-v1" if frame_size is not None else None,
-        }
-        cache = img.cache_folder(scene.layout.sequence_dir, settings, cfg.cache_dir)
-        center_px = None
-        if cropping and cfg.crop_center == "scene_center":
-            center = self._get_frame3d().center
-            center_px = geo.project_opengl(scene.c2w[indices], scene.intrinsics[indices], center[None])[:, 0]
-        need_mask = self._needs_masks()
+        return co3d_splits.split_indices(self._get_scene(), cfg, cfg.input_frame_numbers, cfg.set_list)
 
-        def work(k: int) -> _Prepared:
-            i = indices[k]
-            frame = scene.frames[i]
-            w, h = frame.width, frame.height
-            self._check_image_header(frame)  # size and EXIF orientation, also when the processed file is cached
-            alpha = img.load_soft_mask(frame.mask_path, (w, h)) if need_mask else None
-            box, fallback = None, False
-            if cropping:
-                center = img.mask_bbox_center(alpha, cfg.mask_threshold) if cfg.crop_center == "mask_bbox" else None
-                if center is None:
-                    fallback = cfg.crop_center == "mask_bbox"
-                    if center_px is None:  # mask_bbox fallback: the projected scene centre
-                        point = self._get_frame3d().center[None]
-                        uv = geo.project_opengl(scene.c2w[i : i + 1], scene.intrinsics[i : i + 1], point)[0, 0]
-                    else:
-                        uv = center_px[k]
-                    u, v = uv.tolist()
-                    center = (u, v) if np.isfinite([u, v]).all() else (w / 2.0, h / 2.0)
-                box = img.square_crop_box(center, cfg.crop_size, w, h, cfg.crop_output_size)
-            name = frame.image_path.stem + (f"_crop{box.x0}_{box.y0}_{box.side}_{box.out_size}" if box else "")
-            if frame_size is not None:
-                name += f"_frame{frame_size}"
-            image_path = cache / "images" / f"{name}.png" if processing else frame.image_path
-            mask_path = cache / "masks" / f"{name}.png" if cfg.use_masks else None
-            if processing and not image_path.exists():
-                with Image.open(frame.image_path) as pil:
-                    rgb = np.asarray(pil.convert("RGB"))
-                self._check_size(frame, rgb.shape[1], rgb.shape[0])
-                if cfg.mask_background != "none":
-                    rgb = img.composite(rgb, alpha, img.BACKGROUND_COLORS[cfg.mask_background])
-                if box is not None:
-                    rgb = img.apply_crop(rgb, box, Image.Resampling.BILINEAR)
-                if frame_size is not None:
-                    rgb = framing.frame_image(rgb, frame_size)
-                img.write_png_atomic(rgb, image_path)
-            if mask_path is not None and not mask_path.exists():
-                binary = ((alpha >= cfg.mask_threshold) * 255).astype(np.uint8)
-                if box is not None:
-                    binary = img.apply_crop(binary, box, Image.Resampling.NEAREST)
-                if frame_size is not None:
-                    binary = framing.frame_image(binary[..., None], frame_size, mode="nearest")[..., 0]
-                img.write_png_atomic(binary, mask_path)
-            intr = scene.intrinsics[i].numpy()
-            if box is not None:
-                intr, w, h = img.crop_intrinsics(intr, box), box.out_size, box.out_size
-            elif frame_size is not None:
-                intr, w, h = framing.frame_intrinsics(intr, w, h, frame_size), frame_size, frame_size
-            return _Prepared(image_path, mask_path, intr, w, h, fallback)
-
-        prepared = img.parallel_map(work, list(range(len(indices))), cfg.num_workers)
-        fell_back = [scene.frames[i].frame_number for i, p in zip(indices, prepared) if p.crop_fallback]
-        if fell_back:
-            warnings.warn(
-                f"CO3D: empty masks for frames {fell_back}; cropped around the projected scene centre", stacklevel=3
-            )
-        return prepared
-
-    def _raw(self, scene: _Scene, i: int) -> _Prepared:
-        frame = scene.frames[i]
-        self._check_image_header(frame)
-        return _Prepared(frame.image_path, None, scene.intrinsics[i].numpy(), frame.width, frame.height)
-
-    def _check_size(self, frame: ann.CO3DFrame, width: int, height: int) -> None:
-        if (width, height) != (frame.width, frame.height):
-            raise CO3DDataError(
-                f"image {frame.image_path} is {width}x{height} (W x H) but its annotation image.size says "
-                f"{frame.width}x{frame.height} (frame {frame.frame_number} in {self._get_scene().layout.frame_annotations})"
-            )
-
-    def _check_image_header(self, frame: ann.CO3DFrame) -> None:
-        """The stored size is the annotation's ``image.size`` and there is no EXIF rotation (header only for JPEG)."""
-        try:
-            size = image_size(frame.image_path, f"frame {frame.frame_number}")
-        except InputDataError as err:  # one error class for the CO3D parser
-            raise CO3DDataError(str(err)) from err
-        self._check_size(frame, *size)
-
-    # ----------------------------------------------------------------------------------------------- outputs
-    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
-        if split not in ("train", "val", "test", "all"):
-            raise ValueError(f"CO3D dataparser: unknown split {split!r}; expected train, val, test or all")
-        scene = self._get_scene()
-        splits = self.split_indices()
-        indices = list(range(len(scene.frames))) if split == "all" else splits[split]
-        prepared = self._prepare(scene, indices)
-        frame3d = self._get_frame3d()
-        norm = frame3d.normalization
-        c2w = norm.apply_to_poses(scene.c2w[indices])
-        intr = torch.from_numpy(np.stack([p.intrinsics for p in prepared])).float()
-        cameras = Cameras(
-            camera_to_worlds=c2w.float(),
-            fx=intr[:, 0:1],
-            fy=intr[:, 1:2],
-            cx=intr[:, 2:3],
-            cy=intr[:, 3:4],
-            width=torch.tensor([[p.width] for p in prepared], dtype=torch.int32),
-            height=torch.tensor([[p.height] for p in prepared], dtype=torch.int32),
-            camera_type=CameraType.PERSPECTIVE,
-        )
-        input_centres = norm.apply_to_poses(scene.c2w[splits["train"]])[:, :, 3]
-        extent = float(input_centres.norm(dim=-1).median()) * self.config.scene_box_scale
-        scene_box = SceneBox(aabb=torch.tensor([[-extent] * 3, [extent] * 3], dtype=torch.float32))
+    def _metadata(self, scene: CO3DScene, splits: Dict[str, List[int]], indices: List[int], frame3d: Frame3D) -> Dict:
+        """CO3D identity, split positions, background colour and (leak flag only) the normalised point cloud."""
         background = self.config.mask_background
         metadata: Dict = {
             "co3d_sequence": scene.layout.sequence_name,
@@ -445,14 +194,29 @@ class CO3DDataParser(DataParser):
             else torch.tensor(img.BACKGROUND_COLORS[background], dtype=torch.float32) / 255.0,
         }
         if self.config.load_3d_points and frame3d.points is not None:  # explicit leak flag (see its help)
+            norm = frame3d.normalization
             metadata["points3D_xyz"] = norm.apply_to_points(torch.from_numpy(frame3d.points[0])).float()
             metadata["points3D_rgb"] = torch.from_numpy(frame3d.points[1])
+        return metadata
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
+        if split not in ("train", "val", "test", "all"):
+            raise ValueError(f"CO3D dataparser: unknown split {split!r}; expected train, val, test or all")
+        scene = self._get_scene()
+        splits = self.split_indices()
+        indices = list(range(len(scene.frames))) if split == "all" else splits[split]
+        # the scene centre is computed only if a crop needs it; the fallback warning points at this method's caller
+        prepared = prepare_frames(scene, indices, self._processing(), lambda: self._get_frame3d().center)
+        frame3d = self._get_frame3d()
+        norm = frame3d.normalization
+        input_centres = norm.apply_to_poses(scene.c2w[splits["train"]])[:, :, 3]
+        extent = float(input_centres.norm(dim=-1).median()) * self.config.scene_box_scale
         return DataparserOutputs(
             image_filenames=[p.image_path for p in prepared],
-            cameras=cameras,
-            scene_box=scene_box,
-            mask_filenames=[p.mask_path for p in prepared] if self.config.use_masks else None,
-            metadata=metadata,
+            cameras=_cameras(norm.apply_to_poses(scene.c2w[indices]), prepared),
+            scene_box=SceneBox(aabb=torch.tensor([[-extent] * 3, [extent] * 3], dtype=torch.float32)),
+            mask_filenames=cast(List[Path], [p.mask_path for p in prepared]) if self.config.use_masks else None,
+            metadata=self._metadata(scene, splits, indices, frame3d),
             dataparser_transform=norm.transform.float(),
             dataparser_scale=norm.scale,
         )
