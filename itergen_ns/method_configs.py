@@ -8,6 +8,8 @@ traceback (``itergen_ns.errors``; ``ITERGEN_DEBUG=1`` keeps the traceback).
 from __future__ import annotations
 
 
+from typing import Type, TypeVar
+
 import torch
 
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
@@ -57,7 +59,10 @@ def default_machine() -> MachineConfig:
     return MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def sparse_splatfacto_model(config_cls=IterGenSplatfactoModelConfig) -> IterGenSplatfactoModelConfig:
+ModelConfigT = TypeVar("ModelConfigT", bound=IterGenSplatfactoModelConfig)
+
+
+def sparse_splatfacto_model(config_cls: Type[ModelConfigT] = IterGenSplatfactoModelConfig) -> ModelConfigT:  # type: ignore[assignment]
     """Splatfacto settings for a few small input images: no resolution warm-up, densification over the run."""
     return config_cls(
         num_downscales=0,

@@ -26,7 +26,7 @@ def all_frames_outputs(datamanager, use_masks: Optional[bool] = None) -> Datapar
     parser_config = copy.deepcopy(datamanager.dataparser.config)
     if use_masks is not None:
         parser_config.use_masks = use_masks
-    if isinstance(parser_config, SparseSplitConfig):
+    if isinstance(datamanager.dataparser.config, SparseSplitConfig):  # the project's parsers
         return parser_config.setup().get_dataparser_outputs(split="all")
     parser_config.num_input_views = 0  # another parser: its normalisation does not depend on the split
     parser_config.input_views = None
@@ -42,7 +42,7 @@ def load_rgb(path: Path, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     except OSError as err:
         raise ValueError(f"{path}: unreadable image ({err})") from err
     if size is not None and rgb.shape[:2] != tuple(size):
-        rgb = frame_image(rgb, tuple(size))
+        rgb = frame_image(rgb, (size[0], size[1]))
     return rgb
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Type
+from typing import Any, Dict, Optional, Type
 
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig
 
@@ -27,7 +27,7 @@ class ItergenDataParserConfig(DataParserConfig, SparseSplitConfig):
         from itergen_ns.data.co3d_dataparser import CO3DDataParserConfig, is_co3d_sequence
         from itergen_ns.data.sparse_dataparser import SparseNerfstudioDataParserConfig
 
-        split = dict(
+        split: Dict[str, Any] = dict(
             num_input_views=self.num_input_views,
             input_view_seed=self.input_view_seed,
             input_views=self.input_views,

@@ -113,6 +113,7 @@ class SparseViewDatamanager(FullImageDatamanager):
 
         config = self.config
         device = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        assert config.depth_model is not None  # called only when it is set
         model = MonocularDepth(config.depth_model, device=device, output=config.depth_output)
         images = [self._uint8_image(d["image"]) for d in self.cached_train]
         masks = [d["mask"][..., 0].bool().cpu() if "mask" in d else None for d in self.cached_train]

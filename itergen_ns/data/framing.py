@@ -21,7 +21,7 @@ continuous pixel coordinates (pixel centres at +0.5) transform exactly: ``f' = f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Tuple, TypeVar, Union
+from typing import List, Literal, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ def frame_image(
     """The framed view of an ``[H, W, C]`` image (torch tensor or numpy array, uint8 or float; type, dtype and device
     kept; uint8 is resampled in float and rounded). ``nearest`` is for label images such as masks."""
     is_numpy = isinstance(image, np.ndarray)
-    x = torch.from_numpy(np.require(image, requirements=("C", "W"))) if is_numpy else image
+    x: Tensor = torch.from_numpy(np.require(image, requirements=("C", "W"))) if is_numpy else image  # type: ignore[assignment]
     if x.ndim != 3:
         raise ValueError(f"frame_image: expected an [H, W, C] image, got shape {tuple(x.shape)}")
     win = frame_window(x.shape[1], x.shape[0], size)
@@ -109,7 +109,7 @@ def frame_image(
             resized = resized.round().clamp(0, 255)
         window = resized.to(x.dtype)
     window = window.contiguous()
-    return window.numpy() if is_numpy else window
+    return window.numpy() if is_numpy else window  # type: ignore[return-value]
 
 
 def frame_view(
@@ -124,11 +124,15 @@ def frame_cameras(cameras: Cameras, size: Size) -> Cameras:
     """Copies of perspective ``cameras`` (any sizes) with the intrinsics and size of their framed views."""
     out_h, out_w = _out_hw(size)
     n = cameras.shape[0]
-    fx, fy, cx, cy = [], [], [], []
+    fx: List[Tensor] = []
+    fy: List[Tensor] = []
+    cx: List[Tensor] = []
+    cy: List[Tensor] = []
     for i in range(n):
         intr = torch.stack([cameras.fx[i, 0], cameras.fy[i, 0], cameras.cx[i, 0], cameras.cy[i, 0]])
         f = frame_intrinsics(intr, int(cameras.width[i, 0]), int(cameras.height[i, 0]), (out_h, out_w))
-        fx.append(f[0:1]), fy.append(f[1:2]), cx.append(f[2:3]), cy.append(f[3:4])
+        for column, value in zip((fx, fy, cx, cy), f):
+            column.append(value[None])
     return Cameras(
         camera_to_worlds=cameras.camera_to_worlds,
         fx=torch.stack(fx),

@@ -129,7 +129,7 @@ def check_intrinsics(
 
 def check_finite_pose(matrix, where: str, field: str) -> None:
     """Every entry of a pose (nested lists or array) is a finite number."""
-    flat = []
+    flat: list = []
     for row in matrix:
         flat.extend(row if isinstance(row, (list, tuple)) else list(row))
     for value in flat:

@@ -85,7 +85,7 @@ def _build_vae(source: ComponentSource, allow_download: bool) -> VAE:
     vae_cls = {"AutoencoderKLTemporalDecoder": AutoencoderKLTemporalDecoder, "AutoencoderKL": AutoencoderKL}[cls_name]
     if source.pretrained:
         return load_pretrained(f"VAE ({cls_name})", vae_cls.from_pretrained, source, allow_download)
-    return vae_cls(**kwargs)
+    return vae_cls(**kwargs)  # type: ignore[return-value]  # dict of two classes: mypy joins them to object
 
 
 def _build_clip(source: ComponentSource, allow_download: bool) -> CLIPVisionModelWithProjection:

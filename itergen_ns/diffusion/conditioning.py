@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 import torch
 from jaxtyping import Bool, Float
@@ -184,8 +184,8 @@ def build_conditioning(
         extras = plucker_rays(
             rel_targets, target_intrinsics.to(device, torch.float32), (model.height, model.width), model.latent_hw
         )
-    maps = []
-    nearest = None
+    maps: List[Tensor] = []
+    nearest: Optional[Tensor] = None
     if "nearest_input" in model.config.extra_maps or model.config.output_parameterization == "input_residual":
         if input_latents is None:
             k = input_images.shape[1]
@@ -193,6 +193,7 @@ def build_conditioning(
             input_latents = model.encode_latents(flat).reshape(b, k, *render_latents.shape[2:])
         nearest = nearest_input_latents(input_latents.to(device, torch.float32), mask, input_poses, target_poses)
     if "nearest_input" in model.config.extra_maps:
+        assert nearest is not None
         maps.append(nearest)
     if "warped_input" in model.config.extra_maps:
         if warped_latents is None:
@@ -208,5 +209,6 @@ def build_conditioning(
         dim=1,
     )
     render_base = nearest if model.config.output_parameterization == "input_residual" else render_latents
+    assert render_base is not None  # nearest is computed for input_residual above
     render_base = render_base.to(device, torch.float32)
     return Conditioning(render_cond, extras, features, rel, mask, time_ids, input_map, render_base)

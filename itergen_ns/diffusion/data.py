@@ -209,6 +209,7 @@ class SnapshotClipDataset(Dataset):
             if cached.warped is not None:
                 item["warped_latents"] = cached.warped[step_idx, frames].float()
         elif self.use_render_latents:
+            assert shard.render_latents is not None  # use_render_latents is only set for shards that have them
             item["render_latents"] = torch.from_numpy(np.asarray(shard.render_latents[step_idx, frames], np.float32))
         if self.warped_input and "warped_latents" not in item:
             item["warped"] = warp_composites(shard, step_idx, frames, self.hw)

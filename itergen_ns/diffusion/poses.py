@@ -43,14 +43,17 @@ class PoseEmbedding(nn.Module):
         self.num_freqs = num_freqs
         self.translation_scale = translation_scale
         in_dim = 12 * (1 + 2 * num_freqs)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        first, last = nn.Linear(in_dim, hidden_dim), nn.Linear(hidden_dim, out_dim)
+        self.mlp = nn.Sequential(first, nn.SiLU(), last)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, rel_c2w: Float[Tensor, "*B 4 4"]) -> Float[Tensor, "*B D"]:
         rot = rel_c2w[..., :3, :3].flatten(-2)
         trans = rel_c2w[..., :3, 3] * self.translation_scale
-        x = torch.cat([rot, trans], dim=-1).to(self.mlp[0].weight.dtype)
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
+        x = torch.cat([rot, trans], dim=-1).to(first.weight.dtype)
         return self.mlp(fourier_features(x, self.num_freqs))
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -221,7 +221,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         slot = micro * acc.num_processes + acc.process_index  # this micro-batch's place in the global batch
         gen = step_generator(cfg.seed, self.step, slot, 0, acc.device)
-        noise = self.render_noise
+        noise: Union[float, torch.Tensor] = self.render_noise
         if cfg.render_noise_random:
             noise = torch.rand(cfg.batch_size, generator=gen, device=gen.device) * self.render_noise
         grad_norm = None

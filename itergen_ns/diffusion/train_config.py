@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 
@@ -110,7 +110,7 @@ class TrainResult:
 def build_model_config(cfg: TrainDiffusionConfig) -> DiffusionModelConfig:
     int_fields = {f.name for f in dataclasses.fields(DiffusionModelConfig) if f.type in (int, "int")}
     # the CLI parses model_overrides as floats: num_frames 4 arrives as 4.0 and would index arrays as a float
-    overrides = {
+    overrides: Dict[str, Any] = {
         k: int(v) if k in int_fields and isinstance(v, float) and float(v).is_integer() else v
         for k, v in cfg.model_overrides.items()
     }
@@ -120,7 +120,7 @@ def build_model_config(cfg: TrainDiffusionConfig) -> DiffusionModelConfig:
         overrides["output_parameterization"] = cfg.output_parameterization
     overrides["allow_download"] = cfg.allow_download
     if cfg.model == "svd":
-        kwargs = dict(random_init=cfg.random_init)
+        kwargs: Dict[str, Any] = dict(random_init=cfg.random_init)
         if cfg.init:
             kwargs["init"] = cfg.init
         if cfg.dino:

@@ -23,7 +23,7 @@ from itergen_ns.diffusion.image_features import ViewFeatures
 from itergen_ns.diffusion.poses import PoseEmbedding
 
 
-class ViewTokenizer(ModelMixin, ConfigMixin):
+class ViewTokenizer(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own pattern
     """Trainable map from per-view features and relative poses to cross-attention tokens."""
 
     @register_to_config

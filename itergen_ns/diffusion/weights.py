@@ -73,4 +73,6 @@ def load_pretrained(
         reason = "not found in the local Hugging Face cache and downloads are off" if not allow_download else str(err)
         if _looks_like_local_path(path):
             reason = f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        raise MissingWeightsError(missing_weights_message(what, source.pretrained, source.subfolder, reason)) from err
+        raise MissingWeightsError(
+            missing_weights_message(what, str(source.pretrained), source.subfolder, reason)
+        ) from err

@@ -12,7 +12,7 @@ import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ def method_config(method: str) -> TrainerConfig:
 
     if method not in all_methods:
         raise ValueError(f"unknown method {method!r}; registered: {', '.join(sorted(all_methods))}")
-    return copy.deepcopy(all_methods[method])
+    return cast(TrainerConfig, copy.deepcopy(all_methods[method]))
 
 
 def set_num_steps(config: TrainerConfig, steps: int) -> None:
@@ -43,8 +43,8 @@ def set_num_steps(config: TrainerConfig, steps: int) -> None:
             sched.max_steps = steps
             if hasattr(sched, "warmup_steps"):
                 sched.warmup_steps = min(sched.warmup_steps, steps // 4)
-    model = config.pipeline.model
-    if hasattr(model, "stop_split_at"):
+    model: Any = config.pipeline.model
+    if hasattr(model, "stop_split_at"):  # splatfacto-like
         model.stop_split_at = max(1, steps // 2)
         model.warmup_length = min(model.warmup_length, max(1, steps // 10))
         model.refine_every = min(model.refine_every, max(1, steps // 10))
@@ -92,7 +92,7 @@ def apply_overrides(config: TrainerConfig, overrides: Dict[str, object]) -> None
     """Set dotted config paths (``pipeline.model.sh_degree``; dict keys work too) to values or value strings."""
     for dotted, raw in overrides.items():
         *parents, last = dotted.split(".")
-        obj = config
+        obj: Any = config
         for name in parents:
             obj = obj[name] if isinstance(obj, dict) and name in obj else getattr(obj, name, None)
             if obj is None:
@@ -111,7 +111,7 @@ def build_config(spec: TrainSpec) -> TrainerConfig:
     config.output_dir = Path(spec.output_dir)
     config.experiment_name = spec.experiment_name or Path(spec.data).name
     config.timestamp = "run"
-    config.vis = spec.vis
+    config.vis = cast(Any, spec.vis)  # nerfstudio's Literal; an unknown name fails in its Trainer
     config.viewer.quit_on_train_completion = True
     config.machine.seed = spec.seed
     config.save_only_latest_checkpoint = True
@@ -119,11 +119,12 @@ def build_config(spec: TrainSpec) -> TrainerConfig:
     config.steps_per_eval_image = spec.steps + 1
     config.steps_per_eval_batch = 0
     config.logging.local_writer.enable = False
-    config.pipeline.datamanager.data = Path(spec.data)
-    config.pipeline.datamanager.num_input_views = spec.num_input_views
-    config.pipeline.datamanager.input_view_seed = spec.input_view_seed
-    if hasattr(config.pipeline.datamanager, "init_seed"):
-        config.pipeline.datamanager.init_seed = spec.seed
+    datamanager: Any = config.pipeline.datamanager  # the project's sparse-view datamanagers
+    datamanager.data = Path(spec.data)
+    datamanager.num_input_views = spec.num_input_views
+    datamanager.input_view_seed = spec.input_view_seed
+    if hasattr(datamanager, "init_seed"):
+        datamanager.init_seed = spec.seed
     set_num_steps(config, spec.steps)
     apply_overrides(config, spec.overrides)
     return config

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from nerfstudio.engine.trainer import Trainer
 
 from itergen_ns import errors
@@ -25,7 +27,7 @@ class ItergenTrainer(Trainer):
         ckpt_dir = Path(self.checkpoint_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = ckpt_dir / f"step-{step:09d}.ckpt"
-        pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline  # type: ignore
+        pipeline: torch.nn.Module = getattr(self.pipeline, "module", self.pipeline)  # DDP-wrapped or not
         state = {
             "step": step,
             "pipeline": pipeline.state_dict(),

@@ -168,7 +168,7 @@ class BenchProxyConfig(DemoConfig):
         return self.train_generator(self.output_dir / "diffusion-no-render-noise", render_noise=0.0)
 
     def generator_paths(self) -> Tuple[Path, Optional[Path]]:
-        if not self.own_generators():
+        if self.generator_checkpoint is not None:  # not own_generators()
             return Path(self.generator_checkpoint), self.generator_checkpoint_no_render_noise
         no_noise = None
         if "itergen-no-render-noise" in self.methods:

@@ -84,16 +84,16 @@ def frame_ci_table(
         first = next(iter(cells.values()))
         out = [scene, str(views), method, str(first["samples"]), str(first["n"])]
         for m in metrics:
-            r = cells.get(m)
-            if r is None:
+            cell = cells.get(m)
+            if cell is None:
                 out += ["–", "–"]
                 continue
             digits = 2 if m == "psnr" else 3
-            mean = f"{r['mean']:.{digits}f} [{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]"
+            mean = f"{cell['mean']:.{digits}f} [{cell['ci_low']:.{digits}f}, {cell['ci_high']:.{digits}f}]"
             diff = "–"
-            if "diff_mean" in r:
-                diff = format_ci(r["diff_mean"], r["diff_ci_low"], r["diff_ci_high"], digits)
-                diff += f" ({r['wins']}/{r['frames_paired']})"
+            if "diff_mean" in cell:
+                diff = format_ci(cell["diff_mean"], cell["diff_ci_low"], cell["diff_ci_high"], digits)
+                diff += f" ({cell['wins']}/{cell['frames_paired']})"
             out += [mean, diff]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines)

@@ -238,9 +238,8 @@ class PoseSampler:
             clip = self._trajectory(anchor, num_frames, 1 if self.rng.random() < 0.5 else -1)
         else:
             chain = self.num_clips % len(self.inputs)
-            anchor = self.chain_ends[chain]
-            if anchor is None:
-                anchor = self.inputs[chain]
+            chain_end = self.chain_ends[chain]
+            anchor = self.inputs[chain] if chain_end is None else chain_end
             direction = self._direction_to_uncovered(self.orbit.azimuth(anchor))
             if direction == 0:  # orbit fully covered: a new round outward from the inputs, with fresher renders
                 self._reset_coverage()

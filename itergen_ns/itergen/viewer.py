@@ -90,8 +90,8 @@ def contact_sheet(clip: GeneratedClip, max_frames: int = 8, columns: int = 4, mi
 
     sep = max(1, h // 8)
     separator = torch.full((3, sep, columns * w), 0.5)
-    sheet = torch.cat([grid(clip.renders), separator, grid(clip.images)], dim=1).permute(1, 2, 0).clamp(0, 1)
-    sheet = (sheet.numpy() * 255).round().astype(np.uint8)
+    rows_hwc = torch.cat([grid(clip.renders), separator, grid(clip.images)], dim=1).permute(1, 2, 0).clamp(0, 1)
+    sheet = (rows_hwc.numpy() * 255).round().astype(np.uint8)
     factor = max(1, -(-min_width // sheet.shape[1]))
     return np.repeat(np.repeat(sheet, factor, axis=0), factor, axis=1)
 

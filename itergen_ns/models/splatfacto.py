@@ -31,6 +31,7 @@ from nerfstudio.utils.colors import get_color
 
 from itergen_ns.models.lpips_loader import get_lpips
 from itergen_ns.render import rasterization
+from itergen_ns.render.torch_rasterizer import RenderMode
 
 
 @dataclass
@@ -93,17 +94,17 @@ class IterGenSplatfactoModel(SplatfactoModel):
 
     def _initial_gaussians(self) -> Dict[str, Parameter]:
         """Gaussians from seed points (xyz, uint8 rgb) when given, else uniform in a cube of ``random_scale``."""
-        use_seed = self.seed_points is not None and not self.config.random_init
-        if use_seed:
-            means = self.seed_points[0].float().cpu()
+        seed = None if self.config.random_init else self.seed_points
+        if seed is not None:
+            means = seed[0].float().cpu()
         else:
             means = (torch.rand((self.config.num_random, 3)) - 0.5) * self.config.random_scale
         distances, _ = self.k_nearest_sklearn(means, 3)
         avg_dist = torch.from_numpy(distances).float().mean(dim=-1, keepdim=True).clamp_min(1e-6)
         num_points = means.shape[0]
         dim_sh = num_sh_bases(self.config.sh_degree)
-        if use_seed and self.seed_points[1].shape[0] > 0:
-            rgb = self.seed_points[1].float().cpu() / 255.0
+        if seed is not None and seed[1].shape[0] > 0:
+            rgb = seed[1].float().cpu() / 255.0
             shs = torch.zeros((num_points, dim_sh, 3))
             if self.config.sh_degree > 0:
                 shs[:, 0, :] = RGB2SH(rgb)
@@ -144,7 +145,7 @@ class IterGenSplatfactoModel(SplatfactoModel):
         """The frozen LPIPS network on this model's device, or None when its weights are not available."""
         return get_lpips(self.config.lpips_net, self.device)
 
-    def rasterize(self, camera: Cameras, camera_to_world: torch.Tensor, render_mode: str):
+    def rasterize(self, camera: Cameras, camera_to_world: torch.Tensor, render_mode: RenderMode):
         """Rasterise the (cropped) Gaussians for one camera; returns (render [1,H,W,D], alpha [1,H,W,1], info, (H, W))."""
         if self.crop_box is not None and not self.training:
             crop_ids = self.crop_box.within(self.means).squeeze()
@@ -189,7 +190,7 @@ class IterGenSplatfactoModel(SplatfactoModel):
         )
         return render, alpha, info, (H, W)
 
-    def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
+    def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:  # type: ignore[override]
         """Render one camera: rgb (composited on the background), depth, accumulation, background."""
         if not isinstance(camera, Cameras):
             raise TypeError(f"get_outputs expects a Cameras object, got {type(camera).__name__}")
@@ -201,7 +202,7 @@ class IterGenSplatfactoModel(SplatfactoModel):
             camera_to_world = camera.camera_to_worlds
         if self.config.rasterize_mode not in ("antialiased", "classic"):
             raise ValueError(f"Unknown rasterize_mode: {self.config.rasterize_mode}")
-        render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
+        render_mode: RenderMode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
         result = self.rasterize(camera, camera_to_world, render_mode)
         if result is None:
             return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)

@@ -114,7 +114,7 @@ class _ChunkState:
         # transmittance after each slot; gsplat stops *before* the Gaussian that takes it to <= 1e-4,
         # so zeroing those entries (a suffix along K) zeroes exactly the excluded slots' weights
         torch.cumprod(one_minus, dim=-1, out=t_excl)
-        F.threshold_(t_excl, T_MIN, 0.0).div_(one_minus)  # now: transmittance before each slot
+        F.threshold_(t_excl, T_MIN, 0.0).div_(one_minus)  # type: ignore[attr-defined]  # in torch, not its stubs
         self.weights = alpha.mul_(t_excl)
         self.alpha_raw, self.one_minus, self.t_excl = alpha_raw, one_minus, t_excl
         self.spare = self.buffers[4:]
@@ -130,7 +130,7 @@ class _ChunkState:
         A slot has one when it was composited (weight > 0) and not clamped at 0.999. Computed in place of
         ``alpha_raw``, which is no longer available afterwards.
         """
-        g = F.threshold_(self.alpha_raw.neg_(), -_above(ALPHA_MAX, self.alpha_raw.dtype), 0.0)  # raw <= 0.999
+        g = F.threshold_(self.alpha_raw.neg_(), -_above(ALPHA_MAX, self.alpha_raw.dtype), 0.0)  # type: ignore[attr-defined]
         return g.mul_(torch.sign(self.weights, out=self.spare[0]))
 
 

@@ -79,7 +79,7 @@ def rasterization(
     ``backend``: "auto" (gsplat on CUDA when usable, else torch), "gsplat" or "torch" to force one.
     ``torch_options`` (``sub_tile``, ``chunk_elems``) tune the torch path and are ignored by gsplat.
     """
-    kwargs = dict(
+    kwargs: Dict[str, Any] = dict(
         near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d, sh_degree=sh_degree,
         packed=packed, tile_size=tile_size, backgrounds=backgrounds, render_mode=render_mode,
         sparse_grad=sparse_grad, absgrad=absgrad, rasterize_mode=rasterize_mode, channel_chunk=channel_chunk,

@@ -130,7 +130,8 @@ def torch_rasterization(
         covars = quat_scale_to_covar(quats, scales)
     proj = project_gaussians(
         means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
-        radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased", camera_model=camera_model,
+        radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased",
+        camera_model=camera_model,  # type: ignore[arg-type]  # fisheye was rejected by _check_inputs
     )  # fmt: skip
     opac = opacities.expand(n_cams, n)
     if proj.compensations is not None:
@@ -196,11 +197,11 @@ def _visible_gaussians(proj: Any, opac: Tensor, feats_of: Optional[Callable], pa
         flat = (means2d, conics, opac, depths, feats, radii)
         flat_cams = cam_ids
     else:
-        cam_ids = gauss_ids = None
+        cam_ids = gauss_ids = None  # type: ignore[assignment]
         radii, means2d, depths, conics = proj.radii, proj.means2d, proj.depths, proj.conics
         opac = opac.contiguous()
         feats = None if feats_of is None else feats_of(None, None)
-        flat = tuple(
+        flat = tuple(  # type: ignore[assignment]  # the same six, each [C * N, ...]
             None if x is None else x.reshape((n_cams * n,) + x.shape[2:])
             for x in (means2d, conics, opac, depths, feats, radii)
         )

@@ -7,7 +7,7 @@ Formulas are the standard exact (or conservative, for the ellipsoid) closed form
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ class Primitive:
         return out
 
 
-_KINDS = {
+_KINDS: Dict[str, Callable[..., Tensor]] = {
     "cylinder": sd_cylinder,
     "cone": sd_capped_cone,
     "torus": sd_torus,
