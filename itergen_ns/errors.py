@@ -72,7 +72,8 @@ def write_failed(path: Union[str, Path], err: OSError) -> OSError:
     return new
 
 
-def _excepthook(exc_type, exc, tb) -> None:
+def excepthook(exc_type, exc, tb) -> None:
+    """The plugin's sys.excepthook for ns-* commands: one line for input errors, else the previous hook."""
     if exc is not None and report(exc):
         return
     _previous_hook(exc_type, exc, tb)
@@ -84,7 +85,7 @@ _previous_hook = sys.excepthook
 def install_excepthook() -> None:
     """Make uncaught input errors of this process one line (idempotent; leaves a hook someone else set alone)."""
     global _previous_hook
-    if sys.excepthook is _excepthook or sys.excepthook is not sys.__excepthook__:
+    if sys.excepthook is excepthook or sys.excepthook is not sys.__excepthook__:
         return
     _previous_hook = sys.excepthook
-    sys.excepthook = _excepthook
+    sys.excepthook = excepthook

@@ -569,18 +569,18 @@ def test_excepthook_one_line_unless_debugging(capsys, monkeypatch):
     import itergen_ns.method_configs  # noqa: F401  (what nerfstudio imports through the entry point)
     from itergen_ns import errors
 
-    assert sys.excepthook is errors._excepthook or sys.excepthook is not sys.__excepthook__
+    assert sys.excepthook is errors.excepthook or sys.excepthook is not sys.__excepthook__
     monkeypatch.setattr(errors, "_previous_hook", lambda t, e, tb: print("TRACEBACK", file=sys.stderr))
     monkeypatch.delenv("ITERGEN_DEBUG", raising=False)
     bad = errors.InputError("/x/transforms.json: frames[0].transform_matrix holds nan;\nexpected finite numbers")
-    errors._excepthook(type(bad), bad, None)
+    errors.excepthook(type(bad), bad, None)
     assert (
         capsys.readouterr().err
         == "InputError: /x/transforms.json: frames[0].transform_matrix holds nan; expected finite numbers\n"
     )
     bug = KeyError("x")
-    errors._excepthook(type(bug), bug, None)
+    errors.excepthook(type(bug), bug, None)
     assert capsys.readouterr().err == "TRACEBACK\n"
     monkeypatch.setenv("ITERGEN_DEBUG", "1")
-    errors._excepthook(type(bad), bad, None)
+    errors.excepthook(type(bad), bad, None)
     assert capsys.readouterr().err == "TRACEBACK\n"

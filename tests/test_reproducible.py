@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import tiny_scenes
-from itergen_ns.itergen.generation import ClipGeneration
+from itergen_ns.itergen.generator import Generator
 from itergen_ns.data.all_frames import all_frames_outputs
 from itergen_ns.models.rendering import render_all_frames
 from itergen_ns.engine.runner import TrainSpec, build_config, train
@@ -52,14 +52,14 @@ def _run(scene: Path, out: Path, seed: int = 0):
 
 def test_same_seed_same_result_whatever_the_worker_timing(scene: Path, tmp_path: Path, monkeypatch) -> None:
     fast = _run(scene, tmp_path / "a")
-    original = ClipGeneration._sample
+    original = Generator.sample
     delays = iter([0.4, 0.0, 0.3, 0.1, 0.5, 0.2])
 
     def slow_sample(self, *args, **kwargs):
         time.sleep(next(delays, 0.0))  # the worker finishes at a different training step than in run a
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ClipGeneration, "_sample", slow_sample)
+    monkeypatch.setattr(Generator, "sample", slow_sample)
     slow = _run(scene, tmp_path / "b")
     assert fast[2] == slow[2] and len(fast[2]) >= 2  # same clips, launched at the same steps
     for key in fast[1]:

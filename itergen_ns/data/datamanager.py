@@ -81,7 +81,7 @@ class SparseViewDatamanager(FullImageDatamanager):
             metadata["points3D_xyz"], metadata["points3D_rgb"] = xyz, rgb
             CONSOLE.log(f"Initialised {len(xyz)} points from the depth of {len(self.cached_train)} input view(s)")
         elif "points3D_xyz" not in metadata and config.init_num_points > 0:
-            images = [self._uint8_image(d["image"]) for d in self.cached_train]
+            images = [uint8_image(d["image"]) for d in self.cached_train]
             cameras = self.train_dataset.cameras
             num_background = int(round(config.init_background_fraction * config.init_num_points))
             xyz, rgb = random_points_in_bounds(
@@ -115,15 +115,16 @@ class SparseViewDatamanager(FullImageDatamanager):
         device = "cuda" if str(self.device).startswith("cuda") else "cpu"
         assert config.depth_model is not None  # called only when it is set
         model = MonocularDepth(config.depth_model, device=device, output=config.depth_output)
-        images = [self._uint8_image(d["image"]) for d in self.cached_train]
+        images = [uint8_image(d["image"]) for d in self.cached_train]
         masks = [d["mask"][..., 0].bool().cpu() if "mask" in d else None for d in self.cached_train]
         cameras = self.train_dataset.cameras
         return depth_points(model, cameras, images, config.init_num_points, seed=config.init_seed, masks=masks)
 
-    @staticmethod
-    def _uint8_image(image: torch.Tensor) -> torch.Tensor:
-        image = image.detach().cpu()[..., :3]
-        return image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+def uint8_image(image: torch.Tensor) -> torch.Tensor:
+    """An RGB(A) cached image (uint8, or float in [0, 1]) as uint8 RGB on the CPU, for the depth model and seeding."""
+    image = image.detach().cpu()[..., :3]
+    return image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def check_images_readable(paths: Sequence[Path]) -> None:

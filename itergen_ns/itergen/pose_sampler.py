@@ -183,18 +183,20 @@ class PoseSampler:
         margin = config.elevation_margin_degrees
         self.elevation_bounds = (max(-85.0, min(elevations) - margin), min(85.0, max(elevations) + margin))
         self.covered = np.zeros(360, dtype=bool)
-        self._reset_coverage()
+        self.reset_coverage()
         self.chain_ends: List[Optional[Tensor]] = [None] * len(self.inputs)
         """Where each input's chain of clips has got to (None: not started)."""
         self.clips: Deque[Tensor] = deque(maxlen=config.max_history)
         self.num_clips = 0
 
-    def _reset_coverage(self) -> None:
+    def reset_coverage(self) -> None:
+        """Only the inputs' azimuths (each +- input_coverage_degrees) count as covered: a new round outward."""
         self.covered[:] = False
         for c in self.inputs:
-            self._cover(self.orbit.azimuth(c), self.config.input_coverage_degrees)
+            self.cover(self.orbit.azimuth(c), self.config.input_coverage_degrees)
 
-    def _cover(self, azimuth: float, half_width: float) -> None:
+    def cover(self, azimuth: float, half_width: float) -> None:
+        """Mark the orbit azimuths within ``half_width`` degrees of ``azimuth`` as covered."""
         lo = int(math.floor(azimuth - half_width))
         hi = int(math.ceil(azimuth + half_width))
         self.covered[np.arange(lo, hi + 1) % 360] = True
@@ -242,11 +244,11 @@ class PoseSampler:
             anchor = self.inputs[chain] if chain_end is None else chain_end
             direction = self._direction_to_uncovered(self.orbit.azimuth(anchor))
             if direction == 0:  # orbit fully covered: a new round outward from the inputs, with fresher renders
-                self._reset_coverage()
+                self.reset_coverage()
                 direction = self._direction_to_uncovered(self.orbit.azimuth(anchor)) or 1
             clip = self._trajectory(anchor, num_frames, direction)
             for c in clip:
-                self._cover(self.orbit.azimuth(c), self.degrees_per_frame / 2 + 0.5)
+                self.cover(self.orbit.azimuth(c), self.degrees_per_frame / 2 + 0.5)
             self.chain_ends[chain] = clip[-1]
         self.num_clips += 1
         self.clips.append(clip)

@@ -620,6 +620,7 @@ def test_align_depth_recovers_affine_disparity_and_depth():
 @pytest.mark.parametrize("kind", ["dpt", "depth_anything"])
 def test_depth_init_back_projects_input_pixels(scene, tmp_path, kind):
     from itergen_ns.data.depth_init import MonocularDepth, align_depth, object_disc
+    from itergen_ns.data.datamanager import uint8_image
     from itergen_ns.data.init_points import estimate_object_bounds
 
     path = save_tiny_depth_model(tmp_path / kind, kind)
@@ -635,7 +636,7 @@ def test_depth_init_back_projects_input_pixels(scene, tmp_path, kind):
     assert torch.allclose(pipeline.model.means.detach(), xyz)  # the model starts from these points
 
     cameras = dm.train_dataset.cameras
-    images = [dm._uint8_image(d["image"]) for d in dm.cached_train]
+    images = [uint8_image(d["image"]) for d in dm.cached_train]
     centre, radius = estimate_object_bounds(cameras)
     depth_model = MonocularDepth(path)
     matched = torch.zeros(len(xyz), dtype=torch.bool)

@@ -122,9 +122,9 @@ def test_step_and_elevation_prior_come_from_the_training_clips():
 def test_clips_move_outward_to_uncovered_azimuths():
     s = sampler(input_c2w=inputs()[:1])  # one chain: from input 0
     s.orbit = Orbit.from_cameras(inputs())  # the true orbit, so azimuths can be checked exactly
-    s._reset_coverage()
+    s.reset_coverage()
     for a in (30.0, 60.0):
-        s._cover(a, s.config.input_coverage_degrees)
+        s.cover(a, s.config.input_coverage_degrees)
     travelled, gaps, new_fractions = 0.0, [], []
     for _ in range(8):
         covered_before = s.covered.copy()
