@@ -33,7 +33,7 @@ SUBCOMMANDS: Dict[str, Tuple[str, ...]] = {
         "ExportSnapshotsConfig",
         "run splatfacto from few views per scene, save renders every N steps (diffusion training data)",
     ),
-    "snapshots-summary": ("itergen_ns.snapshots.exporter", "SummaryConfig", "list snapshot shards, scenes, bytes"),
+    "snapshots-summary": ("itergen_ns.snapshots.summary", "SummaryConfig", "list snapshot shards, scenes, bytes"),
     "train-diffusion": (
         "itergen_ns.diffusion.train",
         "TrainDiffusionConfig",

@@ -67,19 +67,19 @@ class BenchExporterConfig:
 
     def run(self, work: Path) -> None:
         from itergen_ns.data.scenes import make_scenes
-        from itergen_ns.snapshots import exporter
+        from itergen_ns.snapshots import exporter, snapshot_run
         from itergen_ns.snapshots.format import list_shards, load_shard, payload_bytes
 
         make_scenes(work / "scenes", self.scenes, seed=self.seed, num_frames=self.frames, resolution=self.size)
         render_seconds = []
-        real_render = exporter.render_all_frames
+        real_render = snapshot_run.render_all_frames
 
         def timed_render(*args, **kwargs):
             start = time.perf_counter()
             real_render(*args, **kwargs)
             render_seconds.append(time.perf_counter() - start)
 
-        exporter.render_all_frames = timed_render
+        snapshot_run.render_all_frames = timed_render
         config = exporter.ExportSnapshotsConfig(
             data=(work / "scenes",), out=work / "snapshots", every=self.every, max_steps=self.max_steps,
             seed=self.seed, overrides={"pipeline.datamanager.init_num_points": str(self.init_points)},
@@ -99,7 +99,7 @@ class BenchExporterConfig:
             rows.append(dict(shard=path.name, inputs=len(shard.input_indices), seconds=wall,
                              render_seconds=sum(render_seconds[before:]), snapshots=steps, bytes=disk,
                              gaussians=shard.meta["num_gaussians"]))  # fmt: skip
-        exporter.render_all_frames = real_render
+        snapshot_run.render_all_frames = real_render
         assert len(rows) == len(list_shards(work / "snapshots"))
         self.report(rows)
 

@@ -8,12 +8,19 @@ from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "itergen_ns"
 
+FORMAT_MODULES = (  # the one reader/writer of snapshot shards (format.py re-exports the other three)
+    "itergen_ns.snapshots.format",
+    "itergen_ns.snapshots.format_schema",
+    "itergen_ns.snapshots.format_writer",
+    "itergen_ns.snapshots.format_reader",
+)
+
 LAYERS = [  # (layer, module prefixes), most specific prefix wins
     (0, ("itergen_ns.io", "itergen_ns.errors", "itergen_ns.compat")),
     (1, ("itergen_ns.data",)),
     (2, ("itergen_ns.render",)),
     (3, ("itergen_ns.models",)),
-    (4, ("itergen_ns.snapshots.format",)),
+    (4, FORMAT_MODULES),
     (5, ("itergen_ns.diffusion",)),
     (6, ("itergen_ns.itergen",)),
     (7, ("itergen_ns.engine", "itergen_ns.method_configs", "itergen_ns.dataparser_configs")),
@@ -62,10 +69,34 @@ def test_no_module_imports_a_higher_layer() -> None:
 
 
 def test_the_snapshot_format_imports_only_utilities() -> None:
-    assert package_imports()["itergen_ns.snapshots.format"] <= {"itergen_ns.io"}
+    imports = package_imports()
+    for module in FORMAT_MODULES:  # the format's modules import utilities and each other, nothing else
+        assert imports[module] <= {"itergen_ns.io", "itergen_ns.errors", "itergen_ns.compat", *FORMAT_MODULES}, module
 
 
 def test_the_datamanager_neither_renders_nor_samples() -> None:
     imports = package_imports()["itergen_ns.itergen.datamanager"]
     assert not {m for m in imports if m.startswith(("itergen_ns.render", "itergen_ns.diffusion"))}
     assert "itergen_ns.models.rendering" not in imports and "itergen_ns.itergen.generator" not in imports
+
+
+MAX_MODULE_LINES = 320  # "each module <= ~300 lines with one job" (docs/architecture.md)
+MAX_FUNCTION_LINES = 65  # statements after the docstring; a longer function wants named steps
+
+
+def test_modules_and_functions_stay_readable() -> None:
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        name = path.relative_to(REPO_ROOT)
+        if source.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body
+                has_doc = isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
+                first = body[1] if has_doc and len(body) > 1 else body[0]
+                length = (node.end_lineno or node.lineno) - first.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}:{node.lineno} {node.name}(): {length} lines")
+    assert too_long == []

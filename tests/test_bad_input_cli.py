@@ -436,7 +436,7 @@ def test_disk_full_while_writing_a_shard(assets, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(path, arr, *args, **kwargs)
 
-    monkeypatch.setattr(fmt.np, "save", full)
+    monkeypatch.setattr(np, "save", full)  # numpy.save, which the shard writer calls
     with pytest.raises(OSError, match="No space left"):
         write_shard(tmp_path / "snap", "scene_b", arrays, {"scene": "scene_b"})
     assert not shard_dir(tmp_path / "snap", "scene_b").exists()

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_scenes
-from test_diffusion_train import make_shard
+from shard_fixture import make_shard
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.train import TrainDiffusionConfig, accumulation_steps, train
 from itergen_ns.snapshots.exporter import ExportSnapshotsConfig, shard_name

@@ -116,7 +116,7 @@ class RenderLatentEncoder:
         self.model = IterGenDiffusionModel.from_pretrained(self.checkpoint)
         self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
         self.batch = batch
-        self.shape = (int(self.model.vae.config.latent_channels), *self.model.latent_hw)
+        self.shape = (self.model.latent_channels, *self.model.latent_hw)
 
     @torch.no_grad()
     def __call__(self, renders: UInt8[np.ndarray, "N H W 3"]) -> Float[np.ndarray, "N c h w"]:

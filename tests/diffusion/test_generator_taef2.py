@@ -16,7 +16,7 @@ from itergen_ns.diffusion.denoiser import residual_to_v
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
 from itergen_ns.diffusion.train import TrainDiffusionConfig, train
-from test_diffusion_train import make_shard
+from shard_fixture import make_shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

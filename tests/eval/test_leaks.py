@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from co3d_fixture import make_co3d_sequence
-from test_sparse_dataparser import write_dataset
+from nerfstudio_fixture import write_dataset
 
 from itergen_ns.data.co3d_dataparser import CO3DDataParserConfig
 from itergen_ns.data.sparse_dataparser import SparseNerfstudioDataParserConfig

@@ -1,4 +1,4 @@
-"""Tests of `itergen export-snapshots` (itergen_ns.snapshots.exporter) on tiny procedural scenes, on CPU.
+"""Tests of `itergen export-snapshots` (itergen_ns.snapshots.exporter and its parts) on tiny procedural scenes, on CPU.
 
 Two train scenes (plus one held-out scene the export must leave out) of 12 frames at 32x32 px; splatfacto runs
 60 steps from 300 random points with a snapshot every 20 steps. Torch runs single-threaded here: on a shared
@@ -21,10 +21,11 @@ from PIL import Image
 
 from itergen_ns import cli
 from itergen_ns.data.scenes import make_scenes
-from itergen_ns.snapshots import exporter
+from itergen_ns.snapshots import export_plan, snapshot_run
 from itergen_ns.data.discovery import discover_scenes
 from itergen_ns.engine.runner import apply_overrides
-from itergen_ns.snapshots.exporter import ExportSnapshotsConfig, draw_num_views, shard_name, snapshot_steps
+from itergen_ns.snapshots.export_plan import draw_num_views, shard_name, snapshot_steps
+from itergen_ns.snapshots.exporter import ExportSnapshotsConfig
 from itergen_ns.snapshots.format import FORMAT_NAME, FORMAT_VERSION, list_shards, load_shard
 
 FRAMES, SIZE, STEPS, EVERY = 12, 32, 60, 20
@@ -82,7 +83,7 @@ def resumed(scenes: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("resumed")
     scene = scenes / "scene_0000"
     name = shard_name(scene, 0)
-    real = exporter.render_all_frames
+    real = snapshot_run.render_all_frames
     calls = []
 
     def dying(*args, **kwargs):
@@ -92,7 +93,7 @@ def resumed(scenes: Path, tmp_path_factory):
         return real(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(exporter, "render_all_frames", dying)
+        mp.setattr(snapshot_run, "render_all_frames", dying)
         with pytest.raises(KeyboardInterrupt):
             _config(scene, out).export()
     after_kill = sorted(p.name for p in (out / "shards").iterdir())
@@ -282,7 +283,7 @@ def test_scene_discovery_and_runs_per_scene(scenes: Path, tmp_path: Path) -> Non
     jobs = _config(scenes, tmp_path, runs_per_scene=3).jobs()
     names = [shard_name(s, r) for s, r in jobs]
     assert names == [f"{scenes.name}_scene_000{i}__run0{r}" for i in range(2) for r in range(3)]
-    seeds = {exporter.run_seed(0, n) for n in names}
+    seeds = {export_plan.run_seed(0, n) for n in names}
     assert len(seeds) == len(names)  # every run has its own seed (and so its own C and input views)
 
 
