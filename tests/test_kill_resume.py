@@ -357,6 +357,9 @@ def test_ns_train_resumes_with_load_dir_after_sigkill(scenes, tmp_path) -> None:
         except Exception:  # still being written
             return False
 
+    full_log = open(tmp_path / "full.log", "w")  # the uninterrupted reference runs beside the killed one
+    full = subprocess.Popen([str(c) for c in ns_train_cmd(scene, tmp_path / "full", NS_STEPS)], env=cli_env(),
+                            stdout=full_log, stderr=subprocess.STDOUT)  # fmt: skip
     assert kill_at(ns_train_cmd(scene, tmp_path / "killed", NS_STEPS), tmp_path / "kill.log", checkpoint_written, 0)
     ckpts = sorted(models.glob("step-*.ckpt"))
     for ckpt in ckpts:  # every visible checkpoint loads
@@ -367,7 +370,8 @@ def test_ns_train_resumes_with_load_dir_after_sigkill(scenes, tmp_path) -> None:
     log = run_to_end(ns_train_cmd(scene, tmp_path / "killed", NS_STEPS - last - 1, "--load-dir", models),
                      tmp_path / "resume.log")  # fmt: skip
     assert f"step-{last:09d}.ckpt" in log.replace("\n", "")  # "Done loading Nerfstudio checkpoint from ..." (wrapped)
-    run_to_end(ns_train_cmd(scene, tmp_path / "full", NS_STEPS), tmp_path / "full.log")
+    assert full.wait(timeout=400) == 0, (tmp_path / "full.log").read_text()[-4000:]
+    full_log.close()
     full_models = tmp_path / "full" / "k" / "itergen-splatfacto" / "run" / "nerfstudio_models"
     end = f"step-{NS_STEPS - 1:09d}.ckpt"
     before, after = (torch.load(models / n, weights_only=False)["pipeline"] for n in (f"step-{last:09d}.ckpt", end))
