@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
-from typing import Any, List
+from typing import Any, Callable, List
 
 NERFSTUDIO_VERSION = "1.1.5"
 VISER_VERSION = "0.2.7"
@@ -33,6 +33,31 @@ def clear_event_storage() -> None:
 def queue_viser_message(server: Any, message: Any) -> None:
     """viser 0.2.7: ``ViserServer.scene._websock_interface.queue_message`` (no public call sends raw messages)."""
     server.scene._websock_interface.queue_message(message)
+
+
+def record_viser_messages(server: Any, sink: Callable[[Any], None]) -> None:
+    """viser 0.2.7: every message ``server`` queues for its clients also goes to ``sink`` (what the tests of the
+    generated-clips panel observe), through the same ``_websock_interface.queue_message``."""
+    interface = server.scene._websock_interface
+    queue = interface.queue_message
+
+    def record_then_queue(message: Any) -> Any:
+        sink(message)
+        return queue(message)
+
+    interface.queue_message = record_then_queue
+
+
+def after_viewer_update(trainer: Any, hook: Callable[[int], None]) -> None:
+    """nerfstudio 1.1.5: ``Trainer._update_viewer_state(step)`` runs once per training step while the viewer is on;
+    call ``hook(step)`` after it (the viewer tests probe the live server from there)."""
+    update = trainer._update_viewer_state
+
+    def update_then_hook(step: int) -> None:
+        update(step)
+        hook(step)
+
+    trainer._update_viewer_state = update_then_hook
 
 
 def run_javascript_message(source: str) -> Any:
@@ -72,6 +97,8 @@ def problems() -> List[str]:
     load = getattr(FullImageDatamanager, LOAD_IMAGES_METHOD, None)
     if load is None or list(inspect.signature(load).parameters) != ["self", "split", "cache_images_device"]:
         found.append("FullImageDatamanager._load_images(split, cache_images_device) changed")
+    if "def _update_viewer_state(self, step: int)" not in inspect.getsource(Trainer):  # behind a decorator
+        found.append("Trainer._update_viewer_state(step) changed")
     if "def save_checkpoint(self, step: int)" not in inspect.getsource(Trainer):
         found.append("Trainer.save_checkpoint(step) changed (ItergenTrainer re-implements it)")
     if "Parameter(" not in inspect.getsource(SplatfactoModel.load_state_dict):

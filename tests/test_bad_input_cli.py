@@ -390,7 +390,7 @@ def test_disk_full_while_writing_scenes(tmp_path, capsys, monkeypatch):
     """ENOSPC half-way through a file: the message names the file and the cause; no file of the run remains."""
     import itergen_ns.data.scenes as scenes
 
-    writes, real_write = [], scenes._write_file
+    writes, real_write = [], scenes.write_file
 
     def full_disk(path: Path, data: bytes) -> None:
         writes.append(path)
@@ -400,7 +400,7 @@ def test_disk_full_while_writing_scenes(tmp_path, capsys, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write(path, data)
 
-    monkeypatch.setattr(scenes, "_write_file", full_disk)
+    monkeypatch.setattr(scenes, "write_file", full_disk)
     out = tmp_path / "out"
     code, lines = run_cli(["make-scenes", "--out-dir", str(out), "--num-scenes", "2", "--num-frames", "4", "4",
                            "--image-size", "16", "16", "--supersample", "1"], capsys)  # fmt: skip
@@ -410,11 +410,11 @@ def test_disk_full_while_writing_scenes(tmp_path, capsys, monkeypatch):
     assert not out.exists(), files_under(out)
 
     # into an existing collection: the scenes already there stay whole, the failed one leaves nothing
-    monkeypatch.setattr(scenes, "_write_file", real_write)
+    monkeypatch.setattr(scenes, "write_file", real_write)
     make_scenes(out, 1, num_frames=4, resolution=16, supersample=1)
     before = {p: p.read_bytes() for p in files_under(out)}
     writes.clear()
-    monkeypatch.setattr(scenes, "_write_file", full_disk)
+    monkeypatch.setattr(scenes, "write_file", full_disk)
     code, lines = run_cli(["make-scenes", "--out-dir", str(out), "--num-scenes", "2", "--num-frames", "4", "4",
                            "--image-size", "16", "16", "--supersample", "1"], capsys)  # fmt: skip
     assert code != 0 and len(lines) == 1 and "No space left" in lines[0]

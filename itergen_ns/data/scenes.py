@@ -40,7 +40,8 @@ BENCH_IMAGE_SIZE: Tuple[int, int] = (64, 64)
 SPLITS = ("train", "val", "heldout")
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
+    """The one place a scene file hits the disk (a full disk is injected here in tests/test_bad_input_cli.py)."""
     with open(path, "wb") as f:
         f.write(data)
 
@@ -49,7 +50,7 @@ def _write_bytes(path: Path, data: bytes, shown: Optional[Path] = None) -> None:
     """Write one file of a folder being assembled under a temporary name; a failed write (e.g. a full disk) raises
     an error naming ``shown`` (default ``path``), the file as the user will look for it."""
     try:
-        _write_file(path, data)
+        write_file(path, data)
     except OSError as err:
         raise write_failed(shown or path, err) from err
 

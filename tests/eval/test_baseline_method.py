@@ -31,6 +31,7 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_scenes
+from itergen_ns import compat
 from itergen_ns.models import lpips_loader
 from itergen_ns.engine.runner import TrainSpec, build_config, seed_everything, train
 
@@ -462,14 +463,7 @@ def test_viewer_serves_and_renders_while_training(scene, tmp_path):
 
     def on_setup(trainer) -> None:
         seen["trainer"] = trainer
-        update = trainer._update_viewer_state
-
-        def update_then_probe(step: int) -> None:
-            update(step)
-            if step == probe_step:
-                probe(trainer)
-
-        trainer._update_viewer_state = update_then_probe
+        compat.after_viewer_update(trainer, lambda step: probe(trainer) if step == probe_step else None)
 
     try:
         trainer = train(config, on_setup=on_setup)

@@ -31,6 +31,7 @@ from conftest import tiny_scenes
 from itergen_ns.diffusion.presets import tiny_config
 from itergen_ns.diffusion.model import IterGenDiffusionModel
 from itergen_ns.diffusion.pipeline import IterGenVideoPipeline
+from itergen_ns import compat
 from itergen_ns.models import lpips_loader
 from itergen_ns.models.itergen_model import GENERATED_KEY
 from itergen_ns.engine.runner import TrainSpec, build_config, seed_everything, train
@@ -525,8 +526,7 @@ def test_viewer_panel_shows_generated_clips_as_they_arrive(scene, tmp_path):
     server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
     try:
         sent = []
-        queue = server.scene._websock_interface.queue_message
-        server.scene._websock_interface.queue_message = lambda msg: (sent.append(msg), queue(msg))[1]
+        compat.record_viser_messages(server, sent.append)
         trainer = SimpleNamespace(viewer_state=SimpleNamespace(viser_server=server))
         attrs = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=pipe, trainer=trainer)
         (update,) = [cb for cb in pipe.get_training_callbacks(attrs) if cb.func.__name__ == "update_viewer"]
